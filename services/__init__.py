@@ -1,0 +1,1 @@
+"""Rivulet services: one sub-package per process, talking only over Kafka topics."""

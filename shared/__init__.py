@@ -1,0 +1,1 @@
+"""Rivulet's common package: contracts, topic catalog, settings, spec, and clients."""

@@ -1,0 +1,240 @@
+"""One frozen pydantic model per topic. Every record carries ``schema_version``.
+
+Consumers ignore unknown fields (producers may add fields freely); a record whose
+``schema_version`` is newer than the consumer knows is rejected, never guessed at.
+The event model is built from the use-case spec (:func:`event_model`) because its
+domain fields belong to the use case, not to Rivulet.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
+
+from shared.spec import FieldSpec, UseCaseSpec
+
+SCHEMA_VERSION = 1
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+
+
+def to_epoch(value: Any) -> Any:
+    """Accept epoch seconds or an RFC 3339 string; normalise to epoch seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("event_time must be epoch seconds or an RFC 3339 string")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"not an RFC 3339 timestamp: {value[:40]!r}") from exc
+        if parsed.tzinfo is None:
+            raise ValueError("RFC 3339 timestamp needs a time zone (e.g. Z)")
+        return parsed.timestamp()
+    raise ValueError("event_time must be epoch seconds or an RFC 3339 string")
+
+
+EventTime = Annotated[float, BeforeValidator(to_epoch), Field(allow_inf_nan=False, ge=0)]
+
+
+class Contract(BaseModel):
+    """Base of every topic contract: frozen, tolerant of added fields."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    schema_version: Literal[1] = 1
+
+
+class EventBase(Contract):
+    """events.raw / events.valid: the fixed part; domain fields come from the spec."""
+
+    event_id: Id
+    entity_id: Id
+    event_time: EventTime
+
+
+def _domain_field(spec: FieldSpec) -> tuple[Any, Any]:
+    if spec.type == "str":
+        kind: Any = Literal[tuple(spec.allowed)] if spec.allowed else StrictStr  # type: ignore[misc]
+        info = Field(max_length=spec.max_length, pattern=spec.pattern) if not spec.allowed else Field()
+    elif spec.type == "bool":
+        kind, info = StrictBool, Field()
+    else:
+        kind = StrictInt if spec.type == "int" else StrictFloat | StrictInt
+        info = Field(ge=spec.min, le=spec.max, allow_inf_nan=False)
+    if not spec.required:
+        return kind | None, Field(default=None, **_field_kwargs(info))
+    return kind, info
+
+
+def _field_kwargs(info: Any) -> dict[str, Any]:
+    return {k: getattr(info, k) for k in ("max_length", "pattern") if getattr(info, k, None)}
+
+
+_EVENT_MODELS: dict[str, type[EventBase]] = {}
+
+
+def event_model(spec: UseCaseSpec) -> type[EventBase]:
+    """The events.raw contract for one use case (fixed envelope + the spec's domain fields)."""
+    cache_key = spec.model_dump_json(include={"name", "event"})
+    if cache_key not in _EVENT_MODELS:
+        fields = {name: _domain_field(f) for name, f in spec.event.fields.items()}
+        _EVENT_MODELS[cache_key] = create_model(  # type: ignore[call-overload]
+            f"{spec.name.title().replace('_', '')}Event", __base__=EventBase, **fields
+        )
+    return _EVENT_MODELS[cache_key]
+
+
+def request_model(spec: UseCaseSpec) -> type[BaseModel]:
+    """The request-time fields of POST /predict: the spec's domain fields, all optional."""
+    fields = {}
+    for name, f in spec.event.fields.items():
+        kind, info = _domain_field(f.model_copy(update={"required": False}))
+        fields[name] = (kind, info)
+    cfg = ConfigDict(frozen=True, extra="forbid")
+    return create_model(f"{spec.name.title().replace('_', '')}RequestFields", __config__=cfg, **fields)  # type: ignore[call-overload]
+
+
+class Label(Contract):
+    """labels.raw / labels.valid: ground truth for one prediction, any time later."""
+
+    prediction_id: Id
+    label: StrictBool | Finite
+    event_time: EventTime
+
+
+class PredictionRecord(Contract):
+    """predictions: what serving answered and exactly what it used to answer it."""
+
+    prediction_id: Id
+    entity_id: Id
+    model_version: int
+    role: Literal["champion", "challenger", "shadow"] = "champion"
+    features: dict[str, Scalar]
+    score: Finite
+    label: bool
+    threshold: float
+    served_at: float
+    latency_ms: float = 0.0
+    feature_set_version: int = 1
+    feature_event_time: float | None = None
+    feature_age_s: float | None = None
+    degraded: tuple[str, ...] = ()
+
+
+class LabeledPrediction(PredictionRecord):
+    """predictions.labeled: a prediction joined with its ground truth."""
+
+    actual: bool | float
+    label_event_time: float
+    labeled_at: float
+    revision: int = 1
+
+
+class AlertWindow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    start: float
+    end: float
+    count: int
+
+
+AlertKind = Literal["data_drift", "prediction_drift", "concept_drift", "data_quality"]
+
+
+class DriftAlert(Contract):
+    """drift.alerts: one alert users can subscribe to."""
+
+    alert_id: Id
+    kind: AlertKind
+    model_version: int
+    feature: str | None
+    test: str
+    statistic: float
+    p_value: float | None = None
+    threshold: float
+    window: AlertWindow
+    detected_at: float
+    severity: Literal["low", "medium", "high"] = "medium"
+    message: str = ""
+
+
+class TrainingWindow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    start: float
+    end: float
+    count: int
+
+
+class ModelEvent(Contract):
+    """models: registry events. ``promoted`` carries the signed artifact serving loads."""
+
+    event: Literal["registered", "promoted", "rejected", "rolled_back"]
+    version: int
+    parent: int | None = None
+    created_at: float
+    trigger: str = ""
+    reason: str = ""
+    threshold: float = 0.5
+    trained_on: TrainingWindow | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    champion_metrics: dict[str, float] = Field(default_factory=dict)
+    reference_profile: dict[str, Any] | None = None
+    artifact_b64: str | None = None
+    artifact_sha256: str | None = None
+    signature: str | None = None
+
+
+class RetrainRequest(Contract):
+    """retrain.requests: ask for a retrain (manual, or from a drift alert)."""
+
+    request_id: Id
+    reason: str = "manual"
+    requested_at: float
+    since: float | None = None
+
+
+class DeadLetter(Contract):
+    """events.dlq / labels.dlq: the value is the ORIGINAL bytes, untouched; this model is
+    carried in the record headers (``rivulet.dlq.<field>``), Kafka-Connect style, so that
+    an oversized or non-UTF-8 payload is preserved exactly."""
+
+    reason: str
+    field: str | None = None
+    message: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    failed_at: float
+
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (f"rivulet.dlq.{k}", str(v).encode())
+            for k, v in self.model_dump().items()
+            if v is not None
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> "DeadLetter":
+        prefix = "rivulet.dlq."
+        data: dict[str, Any] = {
+            k[len(prefix):]: v.decode() for k, v in headers if k.startswith(prefix)
+        }
+        for key, cast in (("schema_version", int), ("source_partition", int),
+                          ("source_offset", int), ("failed_at", float)):
+            if key in data:
+                data[key] = cast(data[key])
+        return cls.model_validate(data)

@@ -1,0 +1,179 @@
+"""Kafka plumbing shared by every service: client factories, topic creation, the
+at-least-once batch loop, and dead-lettering.
+
+Delivery model: consume a batch, compute outputs, publish them, wait for every ack,
+then commit. A crash anywhere before the commit redelivers the batch, so every sink
+and consumer downstream is idempotent (dedupe by id or by applied offset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.config import RivuletSettings
+from shared.contracts import DeadLetter
+from shared.errors import RejectedRecord
+from shared.topics import CATALOG, Topic
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Out:
+    """One record to publish."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def make_producer(settings: RivuletSettings, **overrides: Any) -> AIOKafkaProducer:
+    """acks=all; idempotence only where the broker supports it (not Tansu)."""
+    config: dict[str, Any] = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=2,
+        max_request_size=MAX_MESSAGE_BYTES,
+        enable_idempotence=settings.kafka_idempotence,
+        request_timeout_ms=15000,
+    )
+    config.update(overrides)
+    return AIOKafkaProducer(**config)
+
+
+def make_consumer(
+    settings: RivuletSettings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """Manual commits, start from the earliest offset when the group has none."""
+    config: dict[str, Any] = dict(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+    )
+    config.update(overrides)
+    return AIOKafkaConsumer(*topics, **config)
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[Topic] = CATALOG, timeout: float = 30) -> None:
+    """Create the catalog's topics (idempotent); waits for the broker to answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(t.name, t.partitions, 1) for t in topics if t.name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("broker not ready yet (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def dead_letter(record: ConsumerRecord, dlq_topic: str, error: RejectedRecord) -> Out:
+    """The original key and bytes, verbatim, with the reason and source in headers."""
+    meta = DeadLetter(
+        reason=error.reason.value,
+        field=error.field,
+        message=error.message[:1000],
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        failed_at=time.time(),
+    )
+    return Out(dlq_topic, record.value or b"", record.key, meta.to_headers())
+
+
+async def publish(producer: AIOKafkaProducer, outs: Sequence[Out]) -> None:
+    """Send all, then wait for every ack (raises if any send failed)."""
+    futures = [
+        await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outs
+    ]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+Handler = Callable[[list[ConsumerRecord]], Awaitable[list[Out]]]
+
+
+@dataclass
+class BatchLoop:
+    """consume -> handle -> publish + await acks -> commit, forever, until ``stop`` is set.
+
+    If the handler or a publish fails, nothing is committed: the loop seeks back to the
+    batch start and retries after a back-off, so no record is lost (at-least-once).
+    """
+
+    consumer: AIOKafkaConsumer
+    producer: AIOKafkaProducer | None
+    handle: Handler
+    name: str = "loop"
+    max_records: int = 1000
+    timeout_ms: int = 100
+    retry_backoff_s: float = 1.0
+    processed: int = field(default=0, init=False)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await self.consumer.getmany(timeout_ms=self.timeout_ms, max_records=self.max_records)
+            records = [r for recs in batches.values() for r in recs]
+            if not records:
+                continue
+            try:
+                outs = await self.handle(records)
+                if outs and self.producer is not None:
+                    await publish(self.producer, outs)
+                await self.consumer.commit(_next_offsets(records))
+                self.processed += len(records)
+            except Exception:  # noqa: BLE001 - any failure means "retry the batch"
+                log.exception("%s: batch of %d failed; will retry", self.name, len(records))
+                _seek_back(self.consumer, records)
+                await _sleep_or_stop(stop, self.retry_backoff_s)
+
+
+def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+    offsets: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    return offsets
+
+
+def _seek_back(consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord]) -> None:
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    assigned = consumer.assignment()
+    for tp, offset in first.items():
+        if tp in assigned:
+            consumer.seek(tp, offset)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,66 @@
+"""The online-store key layout. Every Redis key Rivulet writes is built here.
+
+All keys start with ``rv:``. ``{fs}`` is the spec name plus feature-set version
+(e.g. ``card_fraud:v1``), so a spec change never mixes old and new values.
+
+=================================  ======  =====================================================
+key                                type    contents
+=================================  ======  =====================================================
+``rv:{fs}:f:{entity}``             hash    online features of one entity: one field per feature
+                                           (JSON numbers as strings), plus ``_event_time`` (event
+                                           time of the last applied event) and ``_written_at``
+                                           (wall time of the write). TTL = ``entity_ttl``.
+                                           /predict reads it with one HGETALL.
+``rv:{fs}:w:{entity}``             string  the entity's window buffer: JSON list of the events
+                                           still inside the longest window (+ allowed lateness);
+                                           the streaming engine recomputes features from it.
+                                           TTL = ``entity_ttl``.
+``rv:{fs}:offsets:{group}``        hash    partition -> last offset of ``events.valid`` applied to
+                                           Redis; written in the same MULTI as the features, so a
+                                           redelivered event is skipped (exactly-once effect).
+``rv:join:p:{prediction_id}``      string  label join: the prediction record waiting for a label.
+``rv:join:l:{prediction_id}``      string  label join: a label that arrived before its prediction.
+``rv:join:done:{prediction_id}``   string  label join: revision already emitted (dedupe).
+``rv:drift:cool:{model}:{kind}:{feature}``  string  drift alert cool-down marker (EX = cooldown).
+=================================  ======  =====================================================
+"""
+
+from __future__ import annotations
+
+from shared.spec import UseCaseSpec
+
+PREFIX = "rv"
+EVENT_TIME_FIELD = "_event_time"
+WRITTEN_AT_FIELD = "_written_at"
+
+
+def feature_set(spec: UseCaseSpec) -> str:
+    return f"{spec.name}:v{spec.feature_set_version}"
+
+
+def features(spec: UseCaseSpec, entity_id: str) -> str:
+    return f"{PREFIX}:{feature_set(spec)}:f:{entity_id}"
+
+
+def window_buffer(spec: UseCaseSpec, entity_id: str) -> str:
+    return f"{PREFIX}:{feature_set(spec)}:w:{entity_id}"
+
+
+def applied_offsets(spec: UseCaseSpec, group: str) -> str:
+    return f"{PREFIX}:{feature_set(spec)}:offsets:{group}"
+
+
+def join_prediction(prediction_id: str) -> str:
+    return f"{PREFIX}:join:p:{prediction_id}"
+
+
+def join_label(prediction_id: str) -> str:
+    return f"{PREFIX}:join:l:{prediction_id}"
+
+
+def join_done(prediction_id: str) -> str:
+    return f"{PREFIX}:join:done:{prediction_id}"
+
+
+def drift_cooldown(model_version: int, kind: str, feature: str | None) -> str:
+    return f"{PREFIX}:drift:cool:{model_version}:{kind}:{feature or '-'}"

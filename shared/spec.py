@@ -1,0 +1,171 @@
+"""The use-case spec: one TOML file that drives validation, features, model and monitoring.
+
+Services never hard-code the demo's fields; they read a :class:`UseCaseSpec`.
+A second use case is a second file (``RIVULET_SPEC=path``), not a code change.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """'5m' -> 300.0; numbers are seconds. Why: specs read better with units."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FieldSpec(_Frozen):
+    """One domain field of an event (also a request-time field of /predict)."""
+
+    type: Literal["float", "int", "str", "bool"]
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+
+
+class EventSpec(_Frozen):
+    schema_version: int = 1
+    max_payload_bytes: int = 16384
+    max_future_s: float = 86400.0
+    max_past_s: float = 365 * 86400.0
+    fields: dict[str, FieldSpec]
+
+
+Agg = Literal["count", "sum", "mean", "min", "max", "std", "last", "distinct_count", "time_since_last"]
+
+
+class FeatureSpec(_Frozen):
+    """A windowed aggregate per entity, over event time."""
+
+    name: str
+    agg: Agg
+    field: str | None = None
+    window: Duration
+    kind: Literal["sliding"] = "sliding"
+    default: float | None = None
+
+    @model_validator(mode="after")
+    def _field_needed(self) -> "FeatureSpec":
+        if self.agg not in ("count", "time_since_last") and not self.field:
+            raise ValueError(f"feature {self.name}: agg {self.agg} needs a field")
+        return self
+
+
+class FeaturesConfig(_Frozen):
+    allowed_lateness: Duration = 600.0
+    entity_ttl: Duration = 7 * 86400.0
+
+
+class BaselineSpec(_Frozen):
+    bias: float = 0.0
+    weights: dict[str, float] = Field(default_factory=dict)
+
+
+class LearnerSpec(_Frozen):
+    kind: Literal["logistic_regression", "hoeffding_adaptive_tree"] = "logistic_regression"
+    learning_rate: float = 0.05
+    l2: float = 0.0
+    epochs: int = 3
+    seed: int = 42
+
+
+class ModelSpec(_Frozen):
+    task: Literal["binary"] = "binary"
+    threshold: float = 0.5
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    baseline: BaselineSpec = BaselineSpec()
+    learner: LearnerSpec = LearnerSpec()
+
+
+class DriftSpec(_Frozen):
+    window: int = 500
+    reference_size: int = 2000
+    alpha: float = 0.001
+    cooldown: Duration = 600.0
+    accuracy_window: int = 300
+    accuracy_drop: float = 0.05
+
+
+class RetrainSpec(_Frozen):
+    min_labels: int = 600
+    window: int = 4000
+    holdout_fraction: float = 0.25
+    margin: float = 0.0
+    bootstrap: bool = True
+
+
+class UseCaseSpec(_Frozen):
+    """Everything the services need to know about one use case."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
+
+    name: str
+    entity: str = "entity"
+    feature_set_version: int = 1
+    event: EventSpec
+    features: tuple[FeatureSpec, ...]
+    features_config: FeaturesConfig = FeaturesConfig()
+    model: ModelSpec
+    drift: DriftSpec = DriftSpec()
+    retrain: RetrainSpec = RetrainSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "UseCaseSpec":
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique")
+        known = set(names) | set(self.event.fields)
+        for col in (*self.model.numeric, *self.model.categorical):
+            if col not in known:
+                raise ValueError(f"model input {col!r} is neither an event field nor a feature")
+        for feat in self.features:
+            if feat.field and feat.field not in self.event.fields:
+                raise ValueError(f"feature {feat.name}: unknown field {feat.field!r}")
+        return self
+
+    @cached_property
+    def max_window_s(self) -> float:
+        return max((f.window for f in self.features), default=0.0)
+
+    @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @cached_property
+    def model_inputs(self) -> tuple[str, ...]:
+        return (*self.model.numeric, *self.model.categorical)
+
+
+def default_spec_path() -> Path:
+    return Path(str(resources.files("shared") / "specs" / "fraud.toml"))
+
+
+def load_spec(path: str | Path | None = None) -> UseCaseSpec:
+    """Read and validate a spec file (default: the shipped card-fraud demo)."""
+    with open(path or default_spec_path(), "rb") as fh:
+        return UseCaseSpec.model_validate(tomllib.load(fh))
