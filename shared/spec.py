@@ -111,7 +111,12 @@ class DriftSpec(_Frozen):
     accuracy_drop: float = 0.05
 
 
+class LabelsSpec(_Frozen):
+    maturity: Duration = 3600.0  # a prediction waits this long for its label
+
+
 class RetrainSpec(_Frozen):
+    primary_metric: Literal["accuracy", "log_loss", "f1"] = "log_loss"
     min_labels: int = 600
     window: int = 4000
     holdout_fraction: float = 0.25
@@ -132,6 +137,7 @@ class UseCaseSpec(_Frozen):
     features_config: FeaturesConfig = FeaturesConfig()
     model: ModelSpec
     drift: DriftSpec = DriftSpec()
+    labels: LabelsSpec = LabelsSpec()
     retrain: RetrainSpec = RetrainSpec()
 
     @model_validator(mode="after")
