@@ -1,0 +1,1 @@
+"""Ingestion: validates raw events and labels against the contracts; rejects to DLQs."""
