@@ -38,6 +38,8 @@ class Simulator:
         self._labels: list[tuple[float, int, dict[str, Any], bool, bool, int]] = []
         self._seq = 0
         self.predictions: dict[str, dict[str, Any]] = {}  # prediction_id -> response
+        self.labeled_ids: list[str] = []  # prediction ids whose label was produced
+        self.shifted_at: float | None = None  # wall time the shift was applied
 
     async def run(self, stop: asyncio.Event) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.s.kafka_bootstrap, acks="all", linger_ms=5)
@@ -129,6 +131,7 @@ class Simulator:
     def _maybe_shift(self) -> None:
         if self.s.sim_shift_after and self._seq == self.s.sim_shift_after:
             self.world.shift()
+            self.shifted_at = time.time()
             self.stats.phase = "live (shifted)"
             log.info("applied covariate shift and concept change after %d predictions", self._seq)
 
@@ -169,6 +172,7 @@ class Simulator:
             futures.append(await producer.send("labels.raw", codec.dumps(label),
                                                key=label["prediction_id"].encode()))
             self.stats.record_label(predicted, actual, version)
+            self.labeled_ids.append(label["prediction_id"])
         await asyncio.gather(*futures)
 
     async def _drain_labels(self, producer: AIOKafkaProducer) -> None:
