@@ -76,12 +76,9 @@ def _domain_field(spec: FieldSpec) -> tuple[Any, Any]:
         kind = StrictInt if spec.type == "int" else StrictFloat | StrictInt
         info = Field(ge=spec.min, le=spec.max, allow_inf_nan=False)
     if not spec.required:
-        return kind | None, Field(default=None, **_field_kwargs(info))
+        # Constraints stay attached to the type so an optional field keeps its range/pattern.
+        return Annotated[kind, info] | None, Field(default=None)
     return kind, info
-
-
-def _field_kwargs(info: Any) -> dict[str, Any]:
-    return {k: getattr(info, k) for k in ("max_length", "pattern") if getattr(info, k, None)}
 
 
 _EVENT_MODELS: dict[str, type[EventBase]] = {}

@@ -1,0 +1,1 @@
+"""Model serving: FastAPI ``POST /predict`` over online features, with hot model swaps."""

@@ -1,0 +1,3 @@
+from services.serving.app import main
+
+main()
