@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from river import compose, linear_model, optim, preprocessing, tree
+from river import base, compose, linear_model, optim, preprocessing, tree
 
 from shared.spec import BaselineSpec, UseCaseSpec
 
@@ -60,12 +60,35 @@ class BaselineModel:
         return {True: p, False: 1.0 - p}
 
 
+class Columns(base.Transformer):
+    """Keep these keys, in this order. River's ``compose.Select`` keeps a set, whose order
+    depends on the process's hash seed: the same training data then gives different float
+    sums and different artifact bytes in another process. A tuple keeps training reproducible."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = tuple(keys)
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
+        return {k: x[k] for k in self.keys if k in x}
+
+
+class OneHot(base.Transformer):
+    """Stateless one-hot of these categorical keys: ``{"channel=atm": 1.0}``. River's
+    OneHotEncoder remembers values in sets, which pickle in hash-seed order (see Columns)."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = tuple(keys)
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
+        return {f"{k}={x[k]}": 1.0 for k in self.keys if k in x}
+
+
 def build_learner(spec: UseCaseSpec) -> Any:
     """A fresh River pipeline: scaled numeric + one-hot categorical -> learner."""
-    numeric = compose.Select(*spec.model.numeric) | preprocessing.StandardScaler()
+    numeric = Columns(*spec.model.numeric) | preprocessing.StandardScaler()
     parts: Any = numeric
     if spec.model.categorical:
-        parts = numeric + (compose.Select(*spec.model.categorical) | preprocessing.OneHotEncoder())
+        parts = numeric + OneHot(*spec.model.categorical)
     ls = spec.model.learner
     if ls.kind == "hoeffding_adaptive_tree":
         learner: Any = tree.HoeffdingAdaptiveTreeClassifier(seed=ls.seed)

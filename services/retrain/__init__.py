@@ -1,0 +1,1 @@
+"""Retraining controller and model registry."""

@@ -1,0 +1,3 @@
+from services.retrain.app import main
+
+main()
