@@ -1,0 +1,1 @@
+"""Online feature aggregation: events.valid -> per-entity windowed features in Redis."""

@@ -1,0 +1,168 @@
+"""Unit tests of the features service's pure logic: every aggregation, windows, dedupe, pruning."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from shared import codec
+from shared.spec import UseCaseSpec, load_spec
+from services.features.handlers import (
+    RawRecord,
+    apply_events,
+    batch_features_for_entity,
+    compute_features,
+    decode_batch,
+    feature_hash,
+    parse_buffer,
+    plan_batch,
+    prune,
+)
+
+
+def make_spec(lateness: float = 5.0) -> UseCaseSpec:
+    feats = [
+        ("n10", "count", None, 10, 0.0), ("sum10", "sum", "amount", 10, 0.0),
+        ("mean10", "mean", "amount", 10, None), ("min10", "min", "amount", 10, None),
+        ("max10", "max", "amount", 10, None), ("std10", "std", "amount", 10, None),
+        ("last10", "last", "amount", 10, -1.0), ("distinct10", "distinct_count", "cat", 10, 0.0),
+        ("gap10", "time_since_last", None, 10, None), ("n3", "count", None, 3, 0.0),
+        ("sum30", "sum", "amount", 30, 0.0),
+    ]
+    return UseCaseSpec.model_validate({
+        "name": "unit",
+        "event": {"fields": {"amount": {"type": "float"}, "cat": {"type": "str", "required": False}}},
+        "features": [
+            {"name": n, "agg": a, "window": w, "default": d, **({"field": f} if f else {})}
+            for n, a, f, w, d in feats
+        ],
+        "features_config": {"allowed_lateness": lateness, "entity_ttl": 3600},
+        "model": {"numeric": ["amount"]},
+    })
+
+
+def ev(i: Any, t: float, amount: float, cat: str | None = "a") -> dict[str, Any]:
+    return {"event_id": f"e{i}", "entity_id": "c1", "event_time": float(t), "amount": amount, "cat": cat}
+
+
+# Events at t = 95 (outside the 10 s window at 100), 90.0 (exactly on the boundary: excluded),
+# 91, 95, 99, 100 (inside), 105 (after `at`: ignored). Deliberately out of order.
+EVENTS = [
+    ev(5, 100, 4.0, "b"), ev(1, 90, 1000.0), ev(3, 95, 2.0, "b"), ev(6, 105, 500.0, "z"),
+    ev(2, 91, 1.0), ev(4, 99, 3.0, None), ev(0, 80, 7.0),
+]
+
+
+def test_every_aggregation_exact_at_window_boundaries() -> None:
+    got = compute_features(EVENTS, 100.0, make_spec())
+    vals = [1.0, 2.0, 3.0, 4.0]
+    mean = 2.5
+    assert got == {
+        "n10": 4.0, "sum10": 10.0, "mean10": 2.5, "min10": 1.0, "max10": 4.0,
+        "std10": math.sqrt(sum((v - mean) ** 2 for v in vals) / 4), "last10": 4.0,
+        "distinct10": 2.0,  # "a", "b" (None is not a value)
+        "gap10": 1.0,  # 100 - 99
+        "n3": 2.0,  # (97, 100]: 99, 100
+        "sum30": 1017.0,  # (70, 100]: 7 + 1000 + 1 + 2 + 3 + 4
+    }
+    assert got["std10"] == pytest.approx(1.118033988749895)
+
+
+def test_result_does_not_depend_on_input_order() -> None:
+    spec = make_spec()
+    assert compute_features(list(reversed(EVENTS)), 100.0, spec) == compute_features(EVENTS, 100.0, spec)
+    assert batch_features_for_entity(EVENTS, 100.0, spec) == compute_features(EVENTS, 100.0, spec)
+
+
+def test_empty_window_gives_defaults() -> None:
+    got = compute_features(EVENTS, 200.0, make_spec())
+    assert got == {
+        "n10": 0.0, "sum10": 0.0, "mean10": None, "min10": None, "max10": None, "std10": None,
+        "last10": -1.0, "distinct10": 0.0, "gap10": None, "n3": 0.0, "sum30": 0.0,
+    }
+    assert compute_features([], 0.0, make_spec())["n10"] == 0.0
+
+
+def test_time_since_last_needs_two_events_and_std_of_one_is_zero() -> None:
+    got = compute_features([ev(1, 50, 3.0)], 55.0, make_spec())
+    assert got["gap10"] is None
+    assert got["std10"] == 0.0
+    assert got["last10"] == 3.0
+
+
+def test_duplicates_count_once() -> None:
+    spec = make_spec(lateness=100.0)
+    dup = [*EVENTS, ev(5, 100, 4.0, "b"), ev(2, 91, 1.0)]
+    assert compute_features(dup, 100.0, spec) == compute_features(EVENTS, 100.0, spec)
+    buffer, late = apply_events([], dup, spec)
+    assert late == 0
+    assert sorted(e["event_id"] for e in buffer) == sorted({e["event_id"] for e in EVENTS})
+
+
+def test_late_events_are_not_applied() -> None:
+    spec = make_spec(lateness=5.0)
+    buffer, late = apply_events([ev(1, 100, 1.0)], [ev(2, 96, 2.0), ev(3, 94.9, 3.0), ev(4, 110, 4.0)], spec)
+    assert late == 1  # 94.9 < 100 - 5; 96 is within lateness and applied
+    assert {e["event_id"] for e in buffer} == {"e1", "e2", "e4"}
+    # lateness is judged against the newest event seen *before* the event (batch-split stable)
+    _, late = apply_events([], [ev(5, 100, 1.0), ev(6, 105.5, 1.0), ev(7, 100.2, 1.0)], spec)
+    assert late == 1
+
+
+def test_prune_keeps_only_what_a_future_window_can_need() -> None:
+    spec = make_spec(lateness=5.0)  # longest window 30 s -> cutoff = newest - 35
+    buf = [ev(1, 64.9, 1.0), ev(2, 65.0, 1.0), ev(3, 80, 1.0), ev(4, 100, 1.0)]
+    assert [e["event_id"] for e in prune(buf, spec)] == ["e2", "e3", "e4"]
+    assert prune([], spec) == []
+
+
+def test_decode_batch_skips_applied_offsets_and_invalid_records() -> None:
+    spec = make_spec()
+    good = {**ev(1, 100, 1.0), "schema_version": 1, "ingested_at": 1.0}
+    records = [
+        RawRecord(0, 5, codec.dumps(good)),  # already applied (<= 5)
+        RawRecord(0, 6, codec.dumps({**good, "event_id": "e2"})),
+        RawRecord(0, 7, b"{not json"),
+        RawRecord(1, 3, codec.dumps({**good, "amount": "x"})),
+        RawRecord(1, 2, None),
+    ]
+    decoded = decode_batch(records, {0: 5}, spec)
+    assert decoded.redelivered == 1 and decoded.invalid == 3
+    assert decoded.offsets == {0: 7, 1: 3}
+    assert [e["event_id"] for e in decoded.events["c1"]] == ["e2"]
+    assert set(decoded.events["c1"][0]) == {"event_id", "event_time", "amount", "cat"}  # slimmed
+
+
+def test_plan_batch_computes_at_newest_event_and_hash_omits_none() -> None:
+    records = [RawRecord(0, i, codec.dumps({**e, "schema_version": 1})) for i, e in enumerate(EVENTS)]
+    strict = plan_batch(decode_batch(records, {}, make_spec(lateness=5.0)), {}, make_spec(lateness=5.0))
+    assert strict.late == 4  # 90, 91, 99, 80 arrive > 5 s behind the newest event seen so far
+    spec = make_spec(lateness=100.0)
+    plan = plan_batch(decode_batch(records, {}, spec), {}, spec)
+    assert plan.late == 0 and plan.offsets == {0: len(EVENTS) - 1}
+    assert plan.at == {"c1": 105.0}
+    assert plan.features["c1"] == compute_features(EVENTS, 105.0, spec)
+    fields = feature_hash(plan.features["c1"], 105.0, now=123.5)
+    assert fields["_event_time"] == "105.0" and fields["_written_at"] == "123.5"
+    assert fields["n10"] == "3.0" and "gap10" in fields
+    assert "nope" not in fields
+    empty = feature_hash({"a": None, "b": 2}, 1.0, 2.0)
+    assert "a" not in empty and empty["b"] == "2.0"
+
+
+def test_parse_buffer_tolerates_garbage() -> None:
+    assert parse_buffer(None) == [] and parse_buffer(b"{bad") == [] and parse_buffer(b"{}") == []
+    assert parse_buffer(codec.dumps([ev(1, 1, 1.0), {"x": 1}])) == [ev(1, 1, 1.0)]
+
+
+def test_fraud_spec_features_all_computed() -> None:
+    spec = load_spec()
+    events = [
+        {"event_id": f"x{i}", "event_time": 1000.0 + 10 * i, "amount": 10.0 * i, "merchant_category": "m"}
+        for i in range(5)
+    ]
+    got = compute_features(events, 1040.0, spec)
+    assert set(got) == set(spec.feature_names)
+    assert got["txn_count_5m"] == 5.0 and got["amount_sum_1h"] == 100.0 and got["secs_since_prev_txn"] == 10.0
