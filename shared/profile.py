@@ -26,11 +26,12 @@ def build_profile(rows: Sequence[Mapping[str, Any]], scores: Sequence[float], sp
         idx = sorted(rng.sample(idx, size))
     numeric: dict[str, list[float]] = {}
     for name in spec.model.numeric:
-        vals = [rows[i].get(name) for i in idx]
-        numeric[name] = [float(v) for v in vals if _finite(v)]
+        vals = (numeric_value(rows[i].get(name)) for i in idx)
+        numeric[name] = [v for v in vals if v is not None]
     categorical: dict[str, dict[str, int]] = {}
     for name in spec.model.categorical:
-        categorical[name] = dict(Counter(str(rows[i].get(name)) for i in idx if rows[i].get(name) is not None))
+        cats = (category_value(rows[i].get(name)) for i in idx)
+        categorical[name] = dict(Counter(c for c in cats if c is not None))
     return {
         "count": len(idx),
         "numeric": numeric,
@@ -41,3 +42,14 @@ def build_profile(rows: Sequence[Mapping[str, Any]], scores: Sequence[float], sp
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def numeric_value(v: Any) -> float | None:
+    """The value a numeric profile counts (finite number), else None (missing).
+    Public so that whoever compares traffic to a profile reads values the same way."""
+    return float(v) if _finite(v) else None
+
+
+def category_value(v: Any) -> str | None:
+    """The value a categorical profile counts (``str(v)``), else None (missing)."""
+    return None if v is None else str(v)

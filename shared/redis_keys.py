@@ -22,6 +22,9 @@ key                                type    contents
 ``rv:join:l:{prediction_id}``      string  label join: a label that arrived before its prediction.
 ``rv:join:done:{prediction_id}``   string  label join: revision already emitted (dedupe).
 ``rv:drift:cool:{model}:{kind}:{feature}``  string  drift alert cool-down marker (EX = cooldown).
+``rv:drift:selfref``               hash    drift: model version -> JSON reference profile built
+                                           from its own first predictions (versions announced
+                                           without a profile, e.g. the baseline v0).
 =================================  ======  =====================================================
 """
 
@@ -64,3 +67,7 @@ def join_done(prediction_id: str) -> str:
 
 def drift_cooldown(model_version: int, kind: str, feature: str | None) -> str:
     return f"{PREFIX}:drift:cool:{model_version}:{kind}:{feature or '-'}"
+
+
+def drift_self_references() -> str:
+    return f"{PREFIX}:drift:selfref"

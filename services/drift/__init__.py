@@ -1,0 +1,1 @@
+"""Drift detection: data, prediction and concept drift alerts on ``drift.alerts``."""

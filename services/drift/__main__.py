@@ -1,0 +1,3 @@
+from services.drift.app import main
+
+main()

@@ -1,0 +1,37 @@
+"""Reference profiles: deterministic, and they count values the way drift reads them."""
+
+from __future__ import annotations
+
+import math
+
+from shared.profile import build_profile, category_value, numeric_value
+from shared.spec import load_spec
+
+SPEC = load_spec()
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"amount": float(i), "txn_count_5m": i % 3, "merchant_category": "m" + str(i % 4),
+             "country": None if i % 5 == 0 else "US", "channel": "pos"} for i in range(n)]
+
+
+def test_profile_is_deterministic_and_sampled_to_size() -> None:
+    rows = _rows(100)
+    a = build_profile(rows, [0.1] * 100, SPEC, size=30, seed=1)
+    assert a == build_profile(rows, [0.1] * 100, SPEC, size=30, seed=1)
+    assert a["count"] == 30 and len(a["numeric"]["amount"]) == 30 and len(a["score"]) == 30
+    assert a != build_profile(rows, [0.1] * 100, SPEC, size=30, seed=2)
+
+
+def test_profile_skips_missing_values() -> None:
+    rows = _rows(10) + [{"amount": math.nan, "txn_count_5m": True, "merchant_category": None}]
+    p = build_profile(rows, [0.5] * 11, SPEC)
+    assert len(p["numeric"]["amount"]) == 10 and len(p["numeric"]["txn_count_5m"]) == 10
+    assert p["numeric"]["amount_sum_5m"] == []  # never present
+    assert p["categorical"]["country"] == {"US": 8}
+    assert sum(p["categorical"]["merchant_category"].values()) == 10
+
+
+def test_value_readers() -> None:
+    assert numeric_value(3) == 3.0 and numeric_value(True) is None and numeric_value(math.inf) is None
+    assert numeric_value("1") is None and category_value(None) is None and category_value(7) == "7"
