@@ -19,8 +19,10 @@ key                                type    contents
                                            Redis; written in the same MULTI as the features, so a
                                            redelivered event is skipped (exactly-once effect).
 ``rv:join:p:{prediction_id}``      string  label join: the prediction record waiting for a label.
-``rv:join:l:{prediction_id}``      string  label join: a label that arrived before its prediction.
-``rv:join:done:{prediction_id}``   string  label join: revision already emitted (dedupe).
+``rv:join:l:{prediction_id}``      string  label join: the latest label (waits there if it arrived first).
+``rv:join:done:{prediction_id}``   string  label join: last emitted revision and label value, JSON
+                                           ``{"revision": n, "actual": v}`` (dedupe; a label with a
+                                           different value is a correction, revision n + 1).
 ``rv:drift:cool:{model}:{kind}:{feature}``  string  drift alert cool-down marker (EX = cooldown).
 ``rv:drift:selfref``               hash    drift: model version -> JSON reference profile built
                                            from its own first predictions (versions announced

@@ -1,0 +1,3 @@
+from services.label_join.app import main
+
+main()

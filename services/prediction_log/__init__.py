@@ -1,0 +1,1 @@
+"""prediction_log: the offline store of every prediction served (Parquet, Hive-partitioned)."""

@@ -1,0 +1,3 @@
+from services.prediction_log.app import main
+
+main()
