@@ -9,10 +9,11 @@ domain fields belong to the use case, not to Rivulet.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    ValidationError,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -23,6 +24,8 @@ from pydantic import (
     create_model,
 )
 
+from shared import codec
+from shared.errors import Reason, RejectedRecord
 from shared.spec import FieldSpec, UseCaseSpec
 
 SCHEMA_VERSION = 1
@@ -58,6 +61,9 @@ class Contract(BaseModel):
     schema_version: Literal[1] = 1
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class EventBase(Contract):
     """events.raw / events.valid: the fixed part; domain fields come from the spec."""
 
@@ -79,6 +85,25 @@ def _domain_field(spec: FieldSpec) -> tuple[Any, Any]:
         # Constraints stay attached to the type so an optional field keeps its range/pattern.
         return Annotated[kind, info] | None, Field(default=None)
     return kind, info
+
+
+def parse_record(model: type[M], value: bytes | None) -> M:
+    """Raw bytes from an internal topic -> its contract. Raises RejectedRecord, never
+    anything else, so a consumer can log or dead-letter one bad record and go on."""
+    try:
+        data = codec.loads(value or b"")
+    except codec.JSONDecodeError as exc:
+        raise RejectedRecord(Reason.INVALID_JSON, str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise RejectedRecord(Reason.NOT_AN_OBJECT, "value is not a JSON object")
+    if data.get("schema_version", 1) != SCHEMA_VERSION:
+        raise RejectedRecord(Reason.UNKNOWN_SCHEMA_VERSION, f"schema_version {data['schema_version']!r}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or None
+        raise RejectedRecord(Reason.INVALID, first["msg"], loc) from None
 
 
 _EVENT_MODELS: dict[str, type[EventBase]] = {}

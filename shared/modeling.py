@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from river import base, compose, linear_model, optim, preprocessing, tree
+from river import base, linear_model, optim, preprocessing, tree
 
 from shared.spec import BaselineSpec, UseCaseSpec
 

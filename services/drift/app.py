@@ -20,7 +20,7 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from services.drift import handlers
 from services.drift.handlers import Finding

@@ -18,33 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from shared import codec
 from shared.contracts import Label, LabeledPrediction, PredictionRecord
+from shared.contracts import parse_record as parse
 from shared.errors import Reason, RejectedRecord
 from shared.topics import LABELS_VALID, PREDICTIONS
 
 M = TypeVar("M", bound=BaseModel)
 Kind = Literal["prediction", "label"]
 Action = Literal["emit", "correction", "duplicate", "already_joined", "waiting"]
-
-
-def parse(model: type[M], value: bytes | None) -> M:
-    """Validate raw bytes against a contract; raises RejectedRecord (never anything else)."""
-    try:
-        data = codec.loads(value or b"")
-    except codec.JSONDecodeError as exc:
-        raise RejectedRecord(Reason.INVALID_JSON, str(exc)[:200]) from exc
-    if not isinstance(data, dict):
-        raise RejectedRecord(Reason.NOT_AN_OBJECT, "value is not a JSON object")
-    if data.get("schema_version", 1) != 1:
-        raise RejectedRecord(Reason.UNKNOWN_SCHEMA_VERSION, f"schema_version {data['schema_version']!r}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise RejectedRecord(Reason.INVALID, first["msg"], ".".join(map(str, first["loc"])) or None) from exc
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 
 from shared import codec
-from shared.contracts import PredictionRecord
+from shared.contracts import PredictionRecord, parse_record
 from shared.errors import Reason, RejectedRecord
 
 log = logging.getLogger(__name__)
@@ -63,20 +62,7 @@ def parse_file_name(name: str) -> tuple[int, int, int] | None:
 
 def parse_prediction(value: bytes | None) -> PredictionRecord:
     """Validate raw bytes from ``predictions``; raises RejectedRecord (never anything else)."""
-    try:
-        data = codec.loads(value or b"")
-    except codec.JSONDecodeError as exc:
-        raise RejectedRecord(Reason.INVALID_JSON, str(exc)[:200]) from exc
-    if not isinstance(data, dict):
-        raise RejectedRecord(Reason.NOT_AN_OBJECT, "value is not a JSON object")
-    if data.get("schema_version", 1) != 1:
-        raise RejectedRecord(Reason.UNKNOWN_SCHEMA_VERSION, f"schema_version {data['schema_version']!r}")
-    try:
-        return PredictionRecord.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or None
-        raise RejectedRecord(Reason.INVALID, first["msg"], loc) from exc
+    return parse_record(PredictionRecord, value)
 
 
 def to_row(rec: PredictionRecord, partition: int, offset: int) -> dict[str, Any]:
