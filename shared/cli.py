@@ -16,9 +16,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from shared.cli_drift import drift_app
+from shared.cli_models import models_app
 from shared.supervisor import SERVICES, Environment, Supervisor, bootstrap, prepare_environment
 
 app = typer.Typer(add_completion=False, help="Rivulet: a streaming MLOps loop on Kafka + Redis.")
+app.add_typer(models_app, name="models")
+app.add_typer(drift_app, name="drift")
 console = Console()
 DEFAULT_DIR = Path(".rivulet")
 
@@ -164,6 +168,14 @@ def dlq(topic: str = typer.Option("events.dlq", help="events.dlq or labels.dlq")
         example = next(d.message for d, _ in letters if d.reason == reason and (d.field or "-") == field)
         table.add_row(reason, field, str(count), example[:80])
     console.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="a module of loadtests/, e.g. features")) -> None:
+    """Run a benchmark from loadtests/ (it writes a JSON report to loadtests/reports/)."""
+    import subprocess
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", f"loadtests.{name}", *ctx.args]))
 
 
 def main() -> None:

@@ -72,6 +72,14 @@ class Columns(base.Transformer):
         return {k: x[k] for k in self.keys if k in x}
 
 
+class Log1p(base.Transformer):
+    """log1p(max(x, 0)) of every value: amounts and counts are heavy-tailed, and a linear
+    model on their logs separates "unusually small" as well as "unusually large"."""
+
+    def transform_one(self, x: dict[str, Any]) -> dict[str, Any]:
+        return {k: math.log1p(max(float(v), 0.0)) for k, v in x.items()}
+
+
 class OneHot(base.Transformer):
     """Stateless one-hot of these categorical keys: ``{"channel=atm": 1.0}``. River's
     OneHotEncoder remembers values in sets, which pickle in hash-seed order (see Columns)."""
@@ -85,11 +93,14 @@ class OneHot(base.Transformer):
 
 def build_learner(spec: UseCaseSpec) -> Any:
     """A fresh River pipeline: scaled numeric + one-hot categorical -> learner."""
-    numeric = Columns(*spec.model.numeric) | preprocessing.StandardScaler()
+    ls = spec.model.learner
+    numeric: Any = Columns(*spec.model.numeric)
+    if ls.log_numeric:
+        numeric |= Log1p()
+    numeric |= preprocessing.StandardScaler()
     parts: Any = numeric
     if spec.model.categorical:
         parts = numeric + OneHot(*spec.model.categorical)
-    ls = spec.model.learner
     if ls.kind == "hoeffding_adaptive_tree":
         learner: Any = tree.HoeffdingAdaptiveTreeClassifier(seed=ls.seed)
     else:

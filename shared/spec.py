@@ -91,6 +91,7 @@ class LearnerSpec(_Frozen):
     l2: float = 0.0
     epochs: int = 3
     seed: int = 42
+    log_numeric: bool = False  # log1p(max(x, 0)) before scaling: for non-negative, heavy-tailed inputs
 
 
 class ModelSpec(_Frozen):
@@ -113,6 +114,17 @@ class DriftSpec(_Frozen):
 
 class LabelsSpec(_Frozen):
     maturity: Duration = 3600.0  # a prediction waits this long for its label
+    # A label whose prediction has not (yet) arrived waits this long before it is declared
+    # unmatched (None: the maturity window).
+    unmatched_grace: Duration | None = None
+
+
+class MonitoringSpec(_Frozen):
+    """Online performance metrics: window size and the categorical inputs to slice by."""
+
+    slices: tuple[str, ...] = ()  # model inputs (e.g. "channel"); metrics per value of each
+    window: int = 1000  # labeled predictions per rolling window
+    min_labels: int = 50  # below this many labels, accuracy is estimated from scores
 
 
 class RetrainSpec(_Frozen):
@@ -139,6 +151,7 @@ class UseCaseSpec(_Frozen):
     drift: DriftSpec = DriftSpec()
     labels: LabelsSpec = LabelsSpec()
     retrain: RetrainSpec = RetrainSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> "UseCaseSpec":
@@ -152,6 +165,9 @@ class UseCaseSpec(_Frozen):
         for feat in self.features:
             if feat.field and feat.field not in self.event.fields:
                 raise ValueError(f"feature {feat.name}: unknown field {feat.field!r}")
+        for col in self.monitoring.slices:
+            if col not in self.model.categorical:
+                raise ValueError(f"monitoring slice {col!r} is not a categorical model input")
         return self
 
     @cached_property

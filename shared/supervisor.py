@@ -146,7 +146,7 @@ class Supervisor:
                 if sink:
                     sink.write(line + "\n")
                     sink.flush()
-                important = " ERROR " in line or " WARNING " in line or "Traceback" in line
+                important = " ERROR " in line or " CRITICAL " in line or "Traceback" in line
                 self._print(child, line, force=important)
         finally:
             if sink:

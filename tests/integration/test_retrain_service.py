@@ -4,6 +4,8 @@ neither forgets the waiting request nor answers anything twice."""
 
 from __future__ import annotations
 
+import re
+
 import base64
 import json
 import random
@@ -22,7 +24,8 @@ SECRET = "integration-secret"
 
 def write_spec(tmp: Path) -> Path:
     text = default_spec_path().read_text()
-    text = text.replace("min_labels = 600", "min_labels = 200").replace("window = 4000", "window = 800")
+    text = re.sub(r"(?m)^min_labels = \d+", "min_labels = 200", text)
+    text = re.sub(r"(?m)^window = 4000", "window = 800", text)
     path = tmp / "retrain_spec.toml"
     path.write_text(text)
     assert load_spec(path).retrain.min_labels == 200
