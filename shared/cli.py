@@ -145,8 +145,8 @@ def demo(spec: Optional[Path] = typer.Option(None, help="use-case spec (default:
 def _print_summary(stats: Any) -> None:
     console.print(f"predictions: {stats.predictions}, failed requests: {stats.failed_requests}, "
                   f"labels: {stats.labels}, drift alerts: {stats.alerts}")
-    for version, hits in sorted(stats.accuracy_by_version.items()):
-        console.print(f"  model v{version}: {len(hits)} labeled, accuracy {sum(hits) / len(hits):.3f}")
+    for (version, phase), hits in sorted(stats.accuracy_by_version.items(), key=lambda kv: (kv[0][1] != "before shift", kv[0][0])):
+        console.print(f"  model v{version}, {phase}: {len(hits)} labeled, accuracy {sum(hits) / len(hits):.3f}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from shared import codec
 from shared.runtime import run_service, setup_logging
 
 log = logging.getLogger(__name__)
-PROBES = 16
+PROBES = 24
 
 
 class Simulator:
@@ -35,11 +36,13 @@ class Simulator:
         self.world = World(n_cards=settings.sim_cards, seed=settings.sim_seed,
                            start_time=time.time() - settings.sim_start_days_ago * 86400)
         self.on_tick = on_tick
-        self._labels: list[tuple[float, int, dict[str, Any], bool, bool, int]] = []
+        self._labels: list[tuple[float, int, dict[str, Any], bool, bool, int, str]] = []
         self._seq = 0
+        self._order = itertools.count()  # unique heap tie-break
         self.predictions: dict[str, dict[str, Any]] = {}  # prediction_id -> response
         self.labeled_ids: list[str] = []  # prediction ids whose label was produced
         self.shifted_at: float | None = None  # wall time the shift was applied
+        self._last_warmup: dict[str, float] = {}  # entity -> event time of its last history event
 
     async def run(self, stop: asyncio.Event) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.s.kafka_bootstrap, acks="all", linger_ms=5)
@@ -49,7 +52,7 @@ class Simulator:
             try:
                 await self._wait_ready(http, stop)
                 await self._warmup(producer)
-                await self._wait_features(producer, http, stop)
+                await self._wait_features(http, stop)
                 tasks.append(asyncio.create_task(self._label_pump(producer, stop)))
                 await self._live(producer, http, stop)
                 await self._drain_labels(producer)
@@ -76,6 +79,7 @@ class Simulator:
         futures = []
         while self.world.now < until:
             txn = self.world.next()
+            self._last_warmup[txn.event["entity_id"]] = txn.event["event_time"]
             futures.append(await self._send_event(producer, txn))
             if len(futures) >= 2000:
                 await asyncio.gather(*futures)
@@ -86,23 +90,22 @@ class Simulator:
         self.stats.events += 1
         return await producer.send("events.raw", codec.dumps(txn.event), key=txn.event["entity_id"].encode())
 
-    async def _wait_features(self, producer: AIOKafkaProducer, http: httpx.AsyncClient,
-                             stop: asyncio.Event) -> None:
-        """Probe entities written after the history: once all have features, the backlog is in."""
+    async def _wait_features(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        """Wait until the cards written last in the history have their last event applied.
+
+        Partitions are processed in order, so once these (covering every partition with
+        near certainty) are current, the backlog is in. Real cards are polled, a few times
+        each, so the readiness checks look like ordinary traffic to drift detection."""
         self.stats.phase = "waiting for features"
-        probes = [f"probe-{i:02d}" for i in range(PROBES)]
-        for i, entity in enumerate(probes):
-            event = {"event_id": f"probe-{self.s.sim_seed}-{i}", "entity_id": entity,
-                     "event_time": round(self.world.now, 3), "amount": 1.0,
-                     "merchant_category": "grocery", "country": "FR", "channel": "pos"}
-            await producer.send_and_wait("events.raw", codec.dumps(event), key=entity.encode())
-        pending = set(probes)
+        last = sorted(self._last_warmup.items(), key=lambda kv: kv[1])[-PROBES:]
+        pending = dict(last)
         while pending and not stop.is_set():
-            for entity in list(pending):
+            for entity, event_time in list(pending.items()):
                 resp = await http.post("/predict", content=codec.dumps({"entity_id": entity, "features": {}}))
-                if resp.status_code == 200 and resp.json().get("feature_age_s") is not None:
-                    pending.discard(entity)
-            await asyncio.sleep(0.3)
+                age = resp.json().get("feature_age_s") if resp.status_code == 200 else None
+                if age is not None and time.time() - age >= event_time - 1.0:
+                    del pending[entity]
+            await asyncio.sleep(1.0)
 
     async def _live(self, producer: AIOKafkaProducer, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         self.stats.phase = "live"
@@ -151,9 +154,10 @@ class Simulator:
                 self.predictions[answer["prediction_id"]] = answer
                 label = {"prediction_id": answer["prediction_id"], "label": txn.is_fraud,
                          "event_time": txn.event["event_time"]}
-                heapq.heappush(self._labels, (time.monotonic() + self.s.sim_label_delay_s, self._seq,
+                phase = "after shift" if self.shifted_at is not None else "before shift"
+                heapq.heappush(self._labels, (time.monotonic() + self.s.sim_label_delay_s, next(self._order),
                                               label, bool(answer["label"]), txn.is_fraud,
-                                              int(answer["model_version"])))
+                                              int(answer["model_version"]), phase))
             await self._send_event(producer, txn)
         except httpx.HTTPError:
             self.stats.failed_requests += 1
@@ -168,10 +172,10 @@ class Simulator:
     async def _send_due_labels(self, producer: AIOKafkaProducer, now: float) -> None:
         futures = []
         while self._labels and self._labels[0][0] <= now:
-            _, _, label, predicted, actual, version = heapq.heappop(self._labels)
+            _, _, label, predicted, actual, version, phase = heapq.heappop(self._labels)
             futures.append(await producer.send("labels.raw", codec.dumps(label),
                                                key=label["prediction_id"].encode()))
-            self.stats.record_label(predicted, actual, version)
+            self.stats.record_label(predicted, actual, version, phase)
             self.labeled_ids.append(label["prediction_id"])
         await asyncio.gather(*futures)
 

@@ -30,7 +30,8 @@ class Stats:
     last_alert: dict[str, Any] | None = None
     alerts: int = 0
     phase: str = "warm-up"
-    accuracy_by_version: dict[int, list[bool]] = field(default_factory=dict)
+    # (model version, "before shift" | "after shift") -> correctness of each labeled prediction
+    accuracy_by_version: dict[tuple[int, str], list[bool]] = field(default_factory=dict)
 
     def record_prediction(self, response: dict[str, Any], latency_ms: float) -> None:
         self.predictions += 1
@@ -39,10 +40,10 @@ class Stats:
         self.model_version = version
         self.versions_seen[version] = self.versions_seen.get(version, 0) + 1
 
-    def record_label(self, predicted: bool, actual: bool, version: int) -> None:
+    def record_label(self, predicted: bool, actual: bool, version: int, phase: str = "before shift") -> None:
         self.labels += 1
         self.correct.append(predicted == actual)
-        self.accuracy_by_version.setdefault(version, []).append(predicted == actual)
+        self.accuracy_by_version.setdefault((version, phase), []).append(predicted == actual)
 
     @property
     def accuracy(self) -> float | None:
