@@ -12,6 +12,7 @@ async def read_dead_letters(bootstrap: str, topic: str, limit: int) -> list[tupl
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
+        await consumer.topics()  # fetch metadata: an unsubscribed consumer knows no partitions yet
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         if not partitions:
             return []

@@ -89,6 +89,7 @@ def start_broker(port: int | None = None, log_file: Path | None = None) -> Serve
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, "RUST_LOG": os.environ.get("RIVULET_TANSU_LOG", "warn")},
+        start_new_session=True,  # stopped by us after the services, not by the terminal's Ctrl-C
     )
     _wait_port(port, proc, "tansu broker")
     return ServerProcess("kafka", port, f"127.0.0.1:{port}", proc)
@@ -102,6 +103,7 @@ def start_redis(port: int | None = None, workdir: Path | None = None) -> ServerP
          "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     _wait_port(port, proc, "redis-server")
     return ServerProcess("redis", port, f"redis://127.0.0.1:{port}/0", proc)

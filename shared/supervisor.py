@@ -127,6 +127,7 @@ class Supervisor:
             child.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"services.{child.name}", env=self.env,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
             )
             await self._pump(child)
             code = await child.proc.wait()
