@@ -15,11 +15,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from shared import codec
-from shared.contracts import Id, PredictionRecord, Scalar, request_model
+from shared.contracts import Id, Scalar, request_model
 from shared.redis_keys import EVENT_TIME_FIELD
 from shared.spec import UseCaseSpec
 
 FEATURES_UNAVAILABLE = "features_unavailable"
+STALE_FEATURES = "stale_features"
 NON_FINITE_MSG = "numbers must be finite: NaN, Infinity and overflowing values such as 1e999 are not allowed"
 
 
@@ -36,32 +37,6 @@ def error(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
     return {"loc": loc, "msg": msg, "type": type_}
 
 
-class ErrorDetail(BaseModel):
-    """One refused field (documentation model for the OpenAPI page)."""
-
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ErrorResponse(BaseModel):
-    detail: list[ErrorDetail]
-
-
-class PredictResponse(BaseModel):
-    """What /predict answers (documentation model; the record on ``predictions`` has more)."""
-
-    prediction_id: str
-    entity_id: str
-    model_version: int
-    score: float
-    label: bool
-    threshold: float
-    feature_age_s: float | None
-    degraded: list[str]
-    served_at: float
-
-
 def build_request_model(spec: UseCaseSpec) -> type[BaseModel]:
     """The /predict body: an entity id plus the spec's request-time fields (all optional)."""
     fields_model = request_model(spec)
@@ -73,13 +48,26 @@ def build_request_model(spec: UseCaseSpec) -> type[BaseModel]:
     )
 
 
+def build_batch_model(item_model: type[BaseModel], max_items: int) -> type[BaseModel]:
+    """The /predict/batch body: ``{"items": [<a /predict body>, ...]}``, 1..max_items items."""
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "PredictBatchRequest",
+        __config__=ConfigDict(frozen=True, extra="forbid"),
+        items=(list[item_model], Field(min_length=1, max_length=max_items,  # type: ignore[valid-type]
+                                       description=f"1 to {max_items} entities to score")),
+    )
+
+
 def too_large(size: int, limit: int) -> RequestError:
     msg = f"request body is at least {size} bytes; the limit is {limit} bytes"
     return RequestError(413, [error(["body"], msg, "payload_too_large")])
 
 
-def parse_request(body: bytes, model: type[BaseModel], max_bytes: int) -> Any:
-    """Size cap, then strict JSON, then the request model. Raises :class:`RequestError`."""
+def parse_request(body: bytes, model: type[BaseModel], max_bytes: int) -> dict[str, Any]:
+    """Size cap, then strict JSON, then the request model. Raises :class:`RequestError`.
+
+    Returns the parsed JSON itself once the model accepted it: strict types mean the
+    validated values ARE the input values, so nothing is gained by dumping the model again."""
     if len(body) > max_bytes:
         raise too_large(len(body), max_bytes)
     if not body.strip():
@@ -91,9 +79,15 @@ def parse_request(body: bytes, model: type[BaseModel], max_bytes: int) -> Any:
     if not isinstance(data, dict):
         raise RequestError(422, [error(["body"], "request body must be a JSON object", "not_an_object")])
     try:
-        return model.model_validate(data)
+        model.model_validate(data)
     except ValidationError as exc:
         raise RequestError(422, validation_details(exc.errors())) from None
+    return data
+
+
+def request_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-null request-time fields of one validated item."""
+    return {k: v for k, v in (item.get("features") or {}).items() if v is not None}
 
 
 def diagnose_json(body: bytes, exc: Exception) -> dict[str, Any]:
@@ -127,8 +121,7 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
     """
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for err in errors:
-        loc = tuple(err.get("loc", ()))
-        field = loc[:2] if loc[:1] == ("features",) else loc[:1]
+        field = field_loc(tuple(err.get("loc", ())))
         if field in out:
             continue
         kind = str(err.get("type", "invalid"))
@@ -141,38 +134,46 @@ def validation_details(errors: list[Any]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def field_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Cut a pydantic loc to the field: ``("items", 3, "features", "amount", "float")`` ->
+    ``("items", 3, "features", "amount")``."""
+    if loc[:1] == ("items",) and len(loc) > 2 and isinstance(loc[1], int):
+        return ("items", loc[1], *field_loc(loc[2:]))
+    return loc[:2] if loc[:1] == ("features",) else loc[:1]
+
+
 def safe_details(errors: Any) -> list[dict[str, Any]]:
     """Any pydantic/FastAPI error list reduced to {loc, msg, type}: the input is never echoed."""
     return [error([p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
                   str(e.get("msg", "invalid value")), str(e.get("type", "invalid"))) for e in errors]
 
 
-def parse_feature_hash(raw: Mapping[Any, Any], spec: UseCaseSpec) -> tuple[dict[str, float], float | None]:
+def parse_feature_hash(raw: Mapping[str, Any], spec: UseCaseSpec) -> tuple[dict[str, float], float | None]:
     """The Redis feature hash -> (known features as finite floats, event time of last event).
 
     Unknown fields and unparsable/non-finite values are skipped: a bad value must not fail a
     prediction, it becomes "missing" (default or the model's missing flag).
     """
-    known = set(spec.feature_names)
     values: dict[str, float] = {}
-    event_time: float | None = None
-    for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        if name != EVENT_TIME_FIELD and name not in known:
-            continue
-        number = _to_float(value)
-        if number is None:
-            continue
-        if name == EVENT_TIME_FIELD:
-            event_time = number
-        else:
+    for name in spec.feature_names:  # look up the known names: cheaper than scanning the hash
+        value = raw.get(name)
+        if value is not None and (number := _to_float(value)) is not None:
             values[name] = number
-    return values, event_time
+    event_time = raw.get(EVENT_TIME_FIELD)
+    return values, None if event_time is None else _to_float(event_time)
+
+
+def unpack_hashes(packed: Any, count: int) -> list[dict[str, str]]:
+    """The batch script's reply (a JSON list of flat HGETALL arrays; cjson writes an empty one
+    as ``{}``) -> one ``{field: value}`` per key. Anything malformed reads as "no features"."""
+    if not isinstance(packed, list) or len(packed) != count:
+        return [{} for _ in range(count)]
+    return [dict(zip(flat[::2], flat[1::2])) if isinstance(flat, list) else {} for flat in packed]
 
 
 def _to_float(value: Any) -> float | None:
     try:
-        number = float(value.decode() if isinstance(value, bytes) else value)
+        number = float(value)  # str or bytes
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
@@ -198,66 +199,71 @@ def merge(online: Mapping[str, Any], request_fields: Mapping[str, Any],
     return raw, used
 
 
+def feature_table(spec: UseCaseSpec) -> tuple[tuple[str, float | None], ...]:
+    return tuple((f.name, f.default) for f in spec.features)
+
+
+def inputs(raw_hash: Mapping[str, Any], item: Mapping[str, Any], table: tuple[tuple[str, float | None], ...],
+           model_inputs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Scalar], float | None]:
+    """The hot path's one pass over a request item: exactly ``merge(with_defaults(
+    parse_feature_hash(...)), request_fields(item))`` (a unit test checks it), without the
+    intermediate dicts. Returns (raw, used, event time)."""
+    raw: dict[str, Any] = {}
+    for name, default in table:
+        value = raw_hash.get(name)
+        number = None if value is None else _to_float(value)
+        if number is not None:
+            raw[name] = number
+        elif default is not None:
+            raw[name] = default
+    fields = item.get("features")
+    if fields:
+        for key, value in fields.items():
+            if value is not None:
+                raw[key] = value
+    event_time = raw_hash.get(EVENT_TIME_FIELD)
+    return raw, {name: raw.get(name) for name in model_inputs}, None if event_time is None else _to_float(event_time)
+
+
 def feature_age(event_time: float | None, now: float) -> float | None:
     return None if event_time is None else now - event_time
 
 
+def freshness(event_time: float | None, now: float, max_age_s: float) -> tuple[float | None, tuple[str, ...]]:
+    """(feature age, ("stale_features",) when older than ``max_age_s``; 0 turns the check off)."""
+    age = feature_age(event_time, now)
+    stale = max_age_s > 0 and age is not None and age > max_age_s
+    return age, ((STALE_FEATURES,) if stale else ())
+
+
 def build_record(*, prediction_id: str, entity_id: str, version: int, used: dict[str, Scalar],
                  score: float, threshold: float, now: float, latency_ms: float,
-                 event_time: float | None, degraded: tuple[str, ...], spec: UseCaseSpec) -> PredictionRecord:
-    return PredictionRecord(
-        prediction_id=prediction_id,
-        entity_id=entity_id,
-        model_version=version,
-        features=used,
-        score=score,
-        label=score >= threshold,
-        threshold=threshold,
-        served_at=now,
-        latency_ms=latency_ms,
-        feature_set_version=spec.feature_set_version,
-        feature_event_time=event_time,
-        feature_age_s=feature_age(event_time, now),
-        degraded=degraded,
-    )
-
-
-def response_body(record: PredictionRecord) -> dict[str, Any]:
+                 event_time: float | None, degraded: tuple[str, ...], spec: UseCaseSpec,
+                 role: str = "champion", age: float | None = None) -> dict[str, Any]:
+    """A ``predictions`` record (PredictionRecord's JSON shape) as a plain dict: every value is
+    already validated or computed here, so a per-request pydantic model would only cost time."""
     return {
-        "prediction_id": record.prediction_id,
-        "entity_id": record.entity_id,
-        "model_version": record.model_version,
-        "score": record.score,
-        "label": record.label,
-        "threshold": record.threshold,
-        "feature_age_s": record.feature_age_s,
-        "degraded": list(record.degraded),
-        "served_at": record.served_at,
+        "schema_version": 1,
+        "prediction_id": prediction_id,
+        "entity_id": entity_id,
+        "model_version": version,
+        "role": role,
+        "features": used,
+        "score": score,
+        "label": score >= threshold,
+        "threshold": threshold,
+        "served_at": now,
+        "latency_ms": latency_ms,
+        "feature_set_version": spec.feature_set_version,
+        "feature_event_time": event_time,
+        "feature_age_s": feature_age(event_time, now) if age is None else age,
+        "degraded": list(degraded),
     }
 
 
-def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A model's JSON schema with ``$defs`` inlined, for ``openapi_extra`` (no dangling refs).
-
-    pydantic emits range constraints on a union (``StrictFloat | StrictInt``) as ``ge``/``le``;
-    they are renamed to the JSON-schema keywords so the docs show the range.
-    """
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any, in_properties: bool = False) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.split("/")[-1]])
-            if in_properties:  # keys are field names, not keywords
-                return {k: resolve(v) for k, v in node.items()}
-            return {_KEYWORDS.get(k, k): resolve(v, k == "properties") for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    return resolve(schema)  # type: ignore[no-any-return]
+RESPONSE_KEYS = ("prediction_id", "entity_id", "model_version", "role", "score", "label", "threshold",
+                 "feature_age_s", "degraded", "served_at")
 
 
-_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+def response_body(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in RESPONSE_KEYS}

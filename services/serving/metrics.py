@@ -28,12 +28,15 @@ class Metrics:
                                  ("endpoint", "model_version"), buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
         self.queue_depth = Gauge("rivulet_serving_prediction_log_queue_depth",
-                                 "prediction records waiting to be sent to Kafka", registry=self.registry)
+                                 "prediction records not yet acknowledged by Kafka (queued + in flight)", registry=self.registry)
         self.dropped = Counter("rivulet_serving_prediction_log_dropped",
-                               "prediction records dropped (queue_full / send_failed)", ("reason",),
+                               "prediction records dropped (queue_full / shutdown)", ("reason",),
                                registry=self.registry)
         self.degraded = Counter("rivulet_serving_degraded", "predictions answered degraded", ("reason",),
                                 registry=self.registry)
+        self.fetch_latency = Histogram("rivulet_serving_feature_fetch_latency_seconds",
+                                       "online feature read (one Redis round trip per request)",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.model_version = Gauge("rivulet_serving_model_version", "champion version being served",
                                    registry=self.registry)
 

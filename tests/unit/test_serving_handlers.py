@@ -11,7 +11,8 @@ import pytest
 from services.serving import handlers
 from services.serving.registry import ModelRegistry
 from shared import codec, modeling
-from shared.contracts import ModelEvent
+from shared.contracts import ModelEvent, PredictionRecord
+from services.serving.schemas import inline_schema
 from shared.spec import load_spec
 
 SPEC = load_spec()
@@ -29,10 +30,12 @@ def refused(body: bytes) -> handlers.RequestError:
 def test_valid_body_parses_with_optional_fields() -> None:
     req = handlers.parse_request(b'{"entity_id": "c1", "features": {"amount": 12.5, "channel": "pos"}}',
                                  MODEL, LIMIT)
-    assert req.entity_id == "c1"
-    assert req.features.model_dump(exclude_none=True) == {"amount": 12.5, "channel": "pos"}
+    assert req["entity_id"] == "c1"
+    assert handlers.request_fields(req) == {"amount": 12.5, "channel": "pos"}
     bare = handlers.parse_request(b'{"entity_id": "c2"}', MODEL, LIMIT)
-    assert bare.features.model_dump(exclude_none=True) == {}
+    assert handlers.request_fields(bare) == {}
+    nulls = handlers.parse_request(b'{"entity_id": "c3", "features": {"amount": null}}', MODEL, LIMIT)
+    assert handlers.request_fields(nulls) == {}
 
 
 @pytest.mark.parametrize(("body", "loc", "kind"), [
@@ -83,7 +86,7 @@ def test_safe_details_never_echo_input() -> None:
 
 def test_feature_hash_parsing_keeps_known_finite_values() -> None:
     raw = {"txn_count_5m": "3.0", "amount_sum_5m": "nan", "amount_max_1h": "oops", "unknown": "1",
-           b"amount_mean_24h": b"42.5", "_event_time": "1700000000.5", "_written_at": "1700000001"}
+           "amount_mean_24h": b"42.5", "_event_time": "1700000000.5", "_written_at": "1700000001"}
     values, event_time = handlers.parse_feature_hash(raw, SPEC)
     assert values == {"txn_count_5m": 3.0, "amount_mean_24h": 42.5}
     assert event_time == 1700000000.5
@@ -112,10 +115,11 @@ def test_record_label_and_age() -> None:
     rec = handlers.build_record(prediction_id="p", entity_id="e", version=3, used=used, score=0.5,
                                 threshold=0.5, now=110.0, latency_ms=1.0, event_time=100.0,
                                 degraded=(), spec=SPEC)
-    assert rec.label is True and rec.feature_age_s == 10.0 and rec.model_version == 3
+    assert rec["label"] is True and rec["feature_age_s"] == 10.0 and rec["model_version"] == 3
+    assert PredictionRecord.model_validate(codec.loads(codec.dumps(rec))).role == "champion"
     body = handlers.response_body(rec)
     assert {"prediction_id", "model_version", "score", "label", "threshold", "feature_age_s",
-            "degraded"} <= set(body)
+            "degraded", "role"} <= set(body)
     assert handlers.feature_age(None, 5.0) is None
 
 
@@ -156,7 +160,7 @@ def test_registry_refuses_artifact_whose_hash_does_not_match() -> None:
 
 
 def test_openapi_body_schema_is_self_contained_and_shows_ranges() -> None:
-    schema = handlers.inline_schema(MODEL)
+    schema = inline_schema(MODEL)
     text = codec.dumps(schema).decode()
     assert "$ref" not in text and "$defs" not in text and '"ge"' not in text
     amount = schema["properties"]["features"]["properties"]["amount"]["anyOf"][0]
