@@ -4,38 +4,103 @@ Consumes ``events.valid`` (raw bytes; decoded and validated here against the spe
 contract, invalid records are logged and skipped) in batches. Stores, per entity, in
 Redis: the window buffer (``rv:{fs}:w:{entity}``) and the feature hash
 (``rv:{fs}:f:{entity}``) that serving reads, plus the applied offset of every partition
-(``rv:{fs}:offsets:{group}``), all written in one MULTI/EXEC per batch. Produces nothing.
+(``rv:{fs}:offsets:{group}``), all written in one MULTI/EXEC per batch. Produces
+``events.late``: events later than the allowed lateness, original bytes + reason headers
+(acked before the batch's Redis transaction, so none is lost).
 
 Features are computed by ``services.features.handlers.compute_features``, the same function
-batch code uses. Faust acks (and later commits) a batch only after its Redis transaction,
-and Redis offsets make any redelivery a no-op: each event is applied exactly once.
+batch code uses. Exactly-once effect: Redis offsets make any redelivery a no-op, and on
+every partition assignment the consumer resumes right after the offset Redis says was
+applied (not at faust's commit, which may lag, or run ahead when a batch was acked
+without being applied, e.g. a shutdown that timed out mid-write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.kafka import ensure_topics
-from shared.runtime import setup_logging
-from shared.topics import EVENTS_VALID
-from services.features.handlers import BatchPlan, RawRecord
+from services.features.handlers import (
+    BatchPlan,
+    LateRecord,
+    RawRecord,
+    late_dead_letter,
+    resume_positions,
+)
 from services.features.settings import FeaturesSettings
-from services.features.store import apply_batch
+from services.features.store import LateSink, applied_offsets, apply_batch
+from shared.kafka import Out, ensure_topics, make_producer, publish
+from shared.runtime import setup_logging
+from shared.topics import EVENTS_LATE, EVENTS_VALID
 
 log = logging.getLogger("services.features")
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust hard-codes fetch_max_wait_ms=1500; a broker that holds an empty fetch that long
+    (Tansu does, even when data arrives) would add up to 1.5 s to the event-to-feature time."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        settings: FeaturesSettings = self.app.rivulet_settings  # type: ignore[attr-defined]
+        consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by start() (aiokafka 0.14)
+        return consumer
+
+
+class _ResumeFromRedisConsumer(faust_aiokafka.Consumer):
+    """Every seek faust makes (after each assignment) goes to Redis' applied offset + 1."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = dict(await super().seek_to_committed())
+        settings: FeaturesSettings = self.app.rivulet_settings  # type: ignore[attr-defined]
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        try:
+            applied = await applied_offsets(redis, settings.use_case, settings.group_id)
+        finally:
+            await redis.aclose()
+        ours = {tp.partition: off for tp, off in committed.items() if tp.topic == EVENTS_VALID.name}
+        log.info("assigned %s partitions %s", EVENTS_VALID.name, ",".join(map(str, sorted(ours))) or "-")
+        for partition, position in resume_positions(ours, applied).items():
+            tp = next(t for t in committed if t.topic == EVENTS_VALID.name and t.partition == partition)
+            if committed[tp] != position:
+                log.info("partition %d resumes at %d (Redis applied), not %s (committed)",
+                         partition, position, committed[tp])
+                await self._seek(tp, position)
+                committed[tp] = position
+        return committed
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _ResumeFromRedisConsumer
+
+
+class _FeaturesApp(faust.App):
+    """faust.App whose consumer resumes from Redis; carries the settings for it."""
+
+    rivulet_settings: FeaturesSettings
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: FeaturesSettings) -> faust.App:
     """The faust app with its one agent. ``env={}``: faust must not read unprefixed env vars."""
     settings.use_case  # noqa: B018 - load and validate the spec now, not at the first batch
-    app = faust.App(
+    app = _FeaturesApp(
         settings.group_id,
         env={},
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -56,29 +121,52 @@ def create_app(settings: FeaturesSettings) -> faust.App:
         key_serializer="raw", value_serializer="raw",
     )
 
+    app.rivulet_settings = settings
+
     @app.agent(topic, concurrency=1)
     async def features(stream: faust.StreamT[bytes]) -> None:
         redis = Redis.from_url(settings.redis_url)
+        producer = make_producer(settings)
+        await producer.start()
         try:
             async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-                records = [RawRecord(e.message.partition, e.message.offset, e.message.value) for e in events]
-                await _finish_even_if_cancelled(_apply_until_done(redis, records, settings),
+                records = [_raw(e.message) for e in events]
+                await _finish_even_if_cancelled(_apply_until_done(redis, producer, records, settings),
                                                 settings.shutdown_grace_s)
         finally:
             await redis.aclose()
+            await producer.stop()
 
     return app
 
 
-async def _apply_until_done(redis: Redis, records: Sequence[RawRecord], settings: FeaturesSettings) -> BatchPlan:
+def _raw(message: Any) -> RawRecord:
+    return RawRecord(message.partition, message.offset, message.value, message.key, message.topic)
+
+
+def _late_sink(producer: AIOKafkaProducer, settings: FeaturesSettings) -> LateSink:
+    async def send(late: Sequence[LateRecord]) -> None:
+        now = time.time()
+        await publish(producer, [
+            Out(EVENTS_LATE.name, r.record.value or b"", r.record.key,
+                late_dead_letter(r, settings.use_case, now).to_headers())
+            for r in late
+        ])
+    return send
+
+
+async def _apply_until_done(
+    redis: Redis, producer: AIOKafkaProducer, records: Sequence[RawRecord], settings: FeaturesSettings
+) -> BatchPlan:
     """Never give up on a batch: faust acks it when we return, so it must be applied first."""
+    sink = _late_sink(producer, settings)
     while True:
         try:
-            plan = await apply_batch(redis, records, settings.use_case, settings.group_id)
+            plan = await apply_batch(redis, records, settings.use_case, settings.group_id, late_sink=sink)
             _log_plan(plan, len(records))
             return plan
-        except (RedisError, OSError) as exc:
-            log.error("redis write failed (%s); retrying the batch of %d", exc, len(records))
+        except (RedisError, OSError, KafkaError) as exc:
+            log.error("batch of %d not applied (%s); retrying", len(records), exc)
             await asyncio.sleep(settings.retry_backoff_s)
 
 
@@ -90,7 +178,7 @@ async def _finish_even_if_cancelled(coro: Any, grace_s: float) -> Any:
     except asyncio.CancelledError:
         try:
             await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             task.cancel()
             log.error("shutdown: a batch of events.valid was not applied to Redis")
         raise
@@ -98,7 +186,7 @@ async def _finish_even_if_cancelled(coro: Any, grace_s: float) -> Any:
 
 def _log_plan(plan: BatchPlan, size: int) -> None:
     if plan.late:
-        log.warning("%d event(s) later than the allowed lateness were not applied", plan.late)
+        log.warning("%d event(s) later than the allowed lateness sent to %s", plan.late, EVENTS_LATE.name)
     if plan.invalid:
         log.warning("%d invalid record(s) skipped", plan.invalid)
     if plan.redelivered:

@@ -11,6 +11,8 @@ class FeaturesSettings(RivuletSettings):
     # A batch is up to batch_size events or whatever arrived within batch_within_s.
     batch_size: int = 500
     batch_within_s: float = 0.05
+    # Longest time the broker may hold a fetch with no data (lower: fresher features).
+    fetch_max_wait_ms: int = 20
     # How often faust commits acked offsets (Redis offsets make redelivery harmless).
     commit_interval_s: float = 1.0
     # A crashed member is evicted from the group after this long (faust's default is 60 s).

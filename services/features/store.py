@@ -13,17 +13,27 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
+from services.features.handlers import (
+    BatchPlan,
+    LateRecord,
+    RawRecord,
+    decode_batch,
+    feature_hash,
+    parse_buffer,
+    plan_batch,
+)
 from shared import codec, redis_keys
 from shared.spec import UseCaseSpec
-from services.features.handlers import BatchPlan, RawRecord, decode_batch, feature_hash, parse_buffer, plan_batch
 
 log = logging.getLogger(__name__)
+# Publishes late events (events.late) and returns once the broker acked them.
+LateSink = Callable[[Sequence[LateRecord]], Awaitable[None]]
 
 
 async def applied_offsets(redis: Redis, spec: UseCaseSpec, group: str) -> dict[int, int]:
@@ -34,21 +44,24 @@ async def applied_offsets(redis: Redis, spec: UseCaseSpec, group: str) -> dict[i
 
 async def apply_batch(
     redis: Redis, records: Sequence[RawRecord], spec: UseCaseSpec, group: str,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, late_sink: LateSink | None = None,
 ) -> BatchPlan:
     """Apply one batch exactly once; retries while another writer races us."""
     while True:
         try:
-            return await _attempt(redis, records, spec, group, clock)
+            return await _attempt(redis, records, spec, group, clock, late_sink)
         except WatchError:
             log.info("applied offsets changed concurrently; recomputing the batch")
 
 
 async def _attempt(
-    redis: Redis, records: Sequence[RawRecord], spec: UseCaseSpec, group: str, clock: Callable[[], float]
+    redis: Redis, records: Sequence[RawRecord], spec: UseCaseSpec, group: str,
+    clock: Callable[[], float], late_sink: LateSink | None,
 ) -> BatchPlan:
     async with redis.pipeline(transaction=True) as tx:
         plan = await read_and_plan(tx, records, spec, group)
+        if plan.late_records and late_sink is not None:
+            await late_sink(plan.late_records)  # acked before their offsets count as applied
         if plan.offsets:  # else everything was a redelivery: nothing to write
             await commit_plan(tx, plan, spec, group, clock())
     return plan

@@ -60,7 +60,10 @@ class Ingestion:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_topics(s.kafka_bootstrap)
-        consumer = make_consumer(s, EVENTS_RAW.name, LABELS_RAW.name, group_id=s.ingestion_group)
+        consumer = make_consumer(s, EVENTS_RAW.name, LABELS_RAW.name, group_id=s.ingestion_group,
+                                 fetch_max_wait_ms=s.ingestion_fetch_max_wait_ms,
+                                 session_timeout_ms=s.ingestion_session_timeout_ms,
+                                 heartbeat_interval_ms=max(100, s.ingestion_session_timeout_ms // 5))
         producer = make_producer(s)
         await consumer.start()
         await producer.start()

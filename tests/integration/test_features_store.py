@@ -15,10 +15,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from services.features.handlers import RawRecord, compute_features
+from services.features.store import (
+    applied_offsets,
+    apply_batch,
+    commit_plan,
+    read_and_plan,
+)
 from shared import codec, redis_keys
 from shared.embedded import ServerProcess
-from services.features.handlers import RawRecord, compute_features
-from services.features.store import applied_offsets, apply_batch, commit_plan, read_and_plan
 from tests.unit.test_features import make_spec
 
 SPEC = make_spec(lateness=50.0)

@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 
-from shared import codec
-from shared.spec import UseCaseSpec, load_spec
 from services.features.handlers import (
     RawRecord,
     apply_events,
@@ -16,10 +14,15 @@ from services.features.handlers import (
     compute_features,
     decode_batch,
     feature_hash,
+    late_dead_letter,
     parse_buffer,
     plan_batch,
     prune,
+    resume_positions,
 )
+from shared import codec
+from shared.contracts import DeadLetter
+from shared.spec import UseCaseSpec, load_spec
 
 
 def make_spec(lateness: float = 5.0) -> UseCaseSpec:
@@ -166,3 +169,38 @@ def test_fraud_spec_features_all_computed() -> None:
     got = compute_features(events, 1040.0, spec)
     assert set(got) == set(spec.feature_names)
     assert got["txn_count_5m"] == 5.0 and got["amount_sum_1h"] == 100.0 and got["secs_since_prev_txn"] == 10.0
+
+
+def test_late_events_are_returned_once_with_their_record_for_the_dlq() -> None:
+    spec = make_spec(lateness=5.0)
+    good = {"schema_version": 1, "entity_id": "c1", "amount": 1.0, "cat": "a"}
+    records = [
+        RawRecord(2, 10, codec.dumps({**good, "event_id": "a", "event_time": 100.0}), b"c1"),
+        RawRecord(2, 11, codec.dumps({**good, "event_id": "late", "event_time": 90.0}), b"c1"),
+        RawRecord(2, 12, codec.dumps({**good, "event_id": "late", "event_time": 90.0}), b"c1"),  # its duplicate
+    ]
+    plan = plan_batch(decode_batch(records, {}, spec), {}, spec)
+    assert plan.late == 1 and plan.offsets == {2: 12}
+    assert [e["event_id"] for e in plan.buffers["c1"]] == ["a"]
+    [late] = plan.late_records
+    assert late.record.key == b"c1" and late.record.offset in (11, 12) and late.newest == 100.0
+    meta = late_dead_letter(late, spec, now=5.0)
+    assert meta.reason == "late_event" and meta.field == "event_time"
+    assert meta.source_topic == "events.valid" and meta.source_partition == 2
+    assert "allowed lateness is 5s" in meta.message and "10.000s behind" in meta.message
+    assert DeadLetter.from_headers(meta.to_headers()) == meta
+
+
+def test_resume_positions_trust_redis_over_the_kafka_commit() -> None:
+    # p0: commit lags Redis (skip what was applied); p1: commit ran ahead (a batch acked but
+    # never applied: go back); p2: Redis never saw it (keep the commit); p3: nothing anywhere.
+    got = resume_positions({0: 10, 1: 500, 2: 7, 3: None}, {0: 99, 1: 199, 4: 3})
+    assert got == {0: 100, 1: 200, 2: 7}
+
+
+def test_decode_batch_reports_a_gap_after_the_applied_offset() -> None:
+    spec = make_spec()
+    value = codec.dumps({**ev(1, 100, 1.0), "schema_version": 1})
+    assert decode_batch([RawRecord(0, 6, value)], {0: 5}, spec).gaps == 0
+    assert decode_batch([RawRecord(0, 9, value)], {0: 5}, spec).gaps == 1
+    assert decode_batch([RawRecord(1, 9, value)], {0: 5}, spec).gaps == 0  # p1 never applied: no claim

@@ -12,7 +12,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.features.handlers import Decoded, apply_events, compute_features, plan_batch
+from services.features.handlers import (
+    Decoded,
+    apply_events,
+    compute_features,
+    plan_batch,
+)
 from tests.unit.test_features import make_spec
 
 LATENESS = 5.0

@@ -1,0 +1,308 @@
+"""Ingestion + features benchmark against a raw aiokafka loop, same run, same machine.
+
+Starts an embedded broker + Redis and measures, in order:
+
+(a) baseline: a raw aiokafka consume -> orjson parse -> produce loop (its own process,
+    ``--baseline-worker``) on the same events: events/s from the first produce of the input
+    to the last record of its output;
+(b) Rivulet: ingestion and features as real processes; events/s from the first produce to
+    every ``events.valid`` offset applied in Redis (the applied-offsets hash);
+(c) freshness at 50% of (b)'s rate: produce time -> ``_written_at`` of the entity's Redis
+    hash, p50/p99, over sampled events whose entity has no other event (so the hash was
+    written for that event);
+(d) the features process' peak RSS (VmHWM, /proc) and its RSS sampled once a second.
+
+Writes loadtests/reports/features-<UTC>.json and prints a summary.
+
+    python -m loadtests.features [--events 20000] [--entities 2000] [--duration 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis as redis_sync
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared import codec, redis_keys
+from shared.embedded import start_broker, start_redis
+from shared.kafka import ensure_topics
+from shared.spec import load_spec
+from shared.topics import Topic
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = load_spec()
+GROUP = "rivulet-features"
+BENCH_IN, BENCH_OUT = Topic("bench.in", None, "entity_id", 4), Topic("bench.out", None, "entity_id", 4)
+
+
+def make_event(i: int, entity: str, now: float, rng: random.Random) -> bytes:
+    return codec.dumps({
+        "event_id": f"b{i}", "entity_id": entity, "event_time": now - rng.uniform(0, 300),
+        "amount": round(rng.uniform(1, 500), 2), "merchant_category": rng.choice(["grocery", "fuel", "travel"]),
+        "country": rng.choice(["US", "FR", "DE"]), "channel": rng.choice(["online", "pos", "atm"]),
+    })
+
+
+# ------------------------------------------------------------------ baseline worker (a)
+async def baseline_worker(bootstrap: str) -> None:
+    """The simplest at-least-once loop: getmany -> orjson.loads -> send -> await acks -> commit."""
+    consumer = AIOKafkaConsumer(BENCH_IN.name, bootstrap_servers=bootstrap, group_id="bench-baseline",
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await consumer.start()
+    await producer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=2000)
+            futures = []
+            for recs in batches.values():
+                for r in recs:
+                    event = orjson.loads(r.value)
+                    futures.append(await producer.send(BENCH_OUT.name, orjson.dumps(event), key=r.key))
+            if futures:
+                await asyncio.gather(*futures)
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+# ------------------------------------------------------------------ helpers
+async def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    """Produce as fast as possible; returns the time the first record was sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        started = time.time()
+        futures = [await producer.send(topic, v, key=k) for k, v in records]
+        await asyncio.gather(*futures)
+        return started
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: Topic) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = {p: await consumer.committed(TopicPartition(topic.name, p)) for p in range(topic.partitions)}
+    finally:
+        await consumer.stop()
+    return {p: o for p, o in out.items() if o is not None}
+
+
+def applied(r: redis_sync.Redis) -> dict[int, int]:
+    return {int(k): int(v) for k, v in r.hgetall(redis_keys.applied_offsets(SPEC, GROUP)).items()}
+
+
+def wait(predicate: Any, timeout: float, interval: float = 0.005) -> float:
+    """Poll until true; returns the wall time it became true (raises on timeout)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return time.time()
+        time.sleep(interval)
+    raise TimeoutError("benchmark condition not reached")
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="rivulet-bench-features-"))
+        self.broker = start_broker(log_file=self.tmp / "tansu.log")
+        self.redis = start_redis(workdir=self.tmp)
+        self.bootstrap = self.broker.url
+        self.r = redis_sync.Redis.from_url(self.redis.url)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.rng = random.Random(42)
+        self.counter = 0
+        self.total = 0  # valid events produced to events.raw so far
+
+    def spawn(self, *argv: str, **env: Any) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{argv[-1].replace('.', '_')}-{len(self.procs)}.log", "ab")
+        full_env = {**os.environ, "RIVULET_KAFKA_BOOTSTRAP": self.bootstrap, "RIVULET_REDIS_URL": self.redis.url,
+                    "RIVULET_DATA_DIR": str(self.tmp / "data"), "PYTHONUNBUFFERED": "1",
+                    "RIVULET_LOG_LEVEL": "WARNING", **{k: str(v) for k, v in env.items()}}
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def events(self, n: int, entities: int) -> list[tuple[bytes, bytes]]:
+        now, out = time.time(), []
+        for _ in range(n):
+            entity = f"card-{self.rng.randrange(entities)}"
+            out.append((entity.encode(), make_event(self.counter, entity, now, self.rng)))
+            self.counter += 1
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.redis.stop()
+        self.broker.stop()
+
+    # -------------------------------------------------------------- phases
+    def baseline(self) -> dict[str, Any]:
+        asyncio.run(ensure_topics(self.bootstrap, (BENCH_IN, BENCH_OUT)))
+        self.spawn("-m", "loadtests.features", "--baseline-worker", self.bootstrap, "baseline")
+        warm = self.events(500, self.args.entities)
+        asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, warm))
+        wait(lambda: self._out_count() >= 500, 60, 0.05)
+        records = self.events(self.args.events, self.args.entities)
+        started = asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, records))
+        done = wait(lambda: self._out_count() >= 500 + len(records), 300, 0.01)
+        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started)}
+
+    def _out_count(self) -> int:
+        """Input records the baseline committed (it commits only after its outputs are acked)."""
+        return sum(asyncio.run(committed(self.bootstrap, "bench-baseline", BENCH_IN)).values())
+
+    def _applied_count(self) -> int:
+        """events.valid records applied to Redis (offsets are contiguous from 0 per partition).
+        Why not ListOffsets: Tansu answers it per record batch, not per record."""
+        return sum(o + 1 for o in applied(self.r).values())
+
+    def system(self, features_pid: int) -> dict[str, Any]:
+        warm = self.events(500, self.args.entities)
+        asyncio.run(produce_all(self.bootstrap, "events.raw", warm))
+        wait(lambda: self._applied_count() >= 500, 120, 0.05)
+        records = self.events(self.args.events, self.args.entities)
+        started = asyncio.run(produce_all(self.bootstrap, "events.raw", records))
+        self.total = 500 + len(records)
+        done = wait(lambda: self._applied_count() >= self.total, 600, 0.005)
+        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
+                "features_rss_kb_after": rss_kb(features_pid)}
+
+    def freshness(self, rate: float) -> dict[str, Any]:
+        """Paced produce at ``rate``; every 20th event is the only event of a fresh entity."""
+        sampled: dict[str, float] = {}
+
+        async def run() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
+            await producer.start()
+            try:
+                start, i, futures = time.time(), 0, []
+                while time.time() - start < self.args.duration:
+                    due = start + i / rate
+                    if due > time.time():
+                        await asyncio.sleep(due - time.time())
+                    if i % 20 == 0:
+                        entity = f"fresh-{i}"
+                        sampled[entity] = time.time()
+                    else:
+                        entity = f"card-{self.rng.randrange(self.args.entities)}"
+                    futures.append(await producer.send("events.raw", make_event(self.counter, entity, time.time(),
+                                                                                 self.rng), key=entity.encode()))
+                    self.counter += 1
+                    i += 1
+                await asyncio.gather(*futures)
+                self.total += i
+            finally:
+                await producer.stop()
+
+        asyncio.run(run())
+        wait(lambda: self._applied_count() >= self.total, 120, 0.05)
+        lat = []
+        for entity, sent in sampled.items():
+            written = self.r.hget(redis_keys.features(SPEC, entity), redis_keys.WRITTEN_AT_FIELD)
+            if written is not None:
+                lat.append((float(written) - sent) * 1000)
+        return {"rate_events_per_s": rate, "samples": len(lat), "missing": len(sampled) - len(lat),
+                "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": max(lat, default=float("nan"))}
+
+
+def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]]) -> None:
+    t0 = time.time()
+    while not stop.wait(1.0):
+        try:
+            out.append((round(time.time() - t0, 1), rss_kb(pid)))
+        except (OSError, AttributeError):
+            return
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Bench(args)
+    try:
+        asyncio.run(ensure_topics(bench.bootstrap))
+        baseline = bench.baseline()
+        for p in bench.procs:
+            p.terminate()
+        bench.spawn("-m", "services.ingestion")
+        features = bench.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6)
+        rss: list[tuple[float, int]] = []
+        stop = threading.Event()
+        threading.Thread(target=sample_rss, args=(features.pid, stop, rss), daemon=True).start()
+        system = bench.system(features.pid)
+        fresh = bench.freshness(system["events_per_s"] * args.load)
+        stop.set()
+        peak = rss_kb(features.pid, "VmHWM")
+    finally:
+        bench.stop()
+    ratio = system["events_per_s"] / baseline["events_per_s"]
+    return {
+        "benchmark": "features", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "note": "shared machine, noisy"},
+        "params": vars(args), "a_baseline": baseline, "b_system": system, "c_freshness": fresh,
+        "d_features_rss": {"peak_kb": peak, "samples_s_kb": rss},
+        "targets": {"b_over_a": ratio, "b_over_a_target": 0.5, "b_over_a_met": ratio >= 0.5,
+                    "freshness_p99_ms": fresh["p99_ms"], "freshness_p99_target_ms": 50,
+                    "freshness_met": fresh["p99_ms"] <= 50},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000, help="events for the throughput phases (a), (b)")
+    parser.add_argument("--entities", type=int, default=2000)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of paced load for (c)")
+    parser.add_argument("--load", type=float, default=0.5, help="(c) rate as a fraction of (b)")
+    parser.add_argument("--baseline-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args()
+    if args.baseline_worker:
+        asyncio.run(baseline_worker(args.baseline_worker))
+        return
+    report = run(args)
+    out = ROOT / "loadtests" / "reports" / f"features-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    t, a, b, c = report["targets"], report["a_baseline"], report["b_system"], report["c_freshness"]
+    print(f"(a) baseline raw aiokafka loop : {a['events_per_s']:9.0f} events/s")
+    print(f"(b) ingestion+features->Redis  : {b['events_per_s']:9.0f} events/s   (b)/(a) = {t['b_over_a']:.2f}"
+          f" (target >= 0.5: {'met' if t['b_over_a_met'] else 'MISSED'})")
+    print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
+          f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples)")
+    print(f"(d) features peak RSS          : {report['d_features_rss']['peak_kb'] / 1024:.1f} MB")
+    print(f"report: {out}")
+
+
+if __name__ == "__main__":
+    main()
