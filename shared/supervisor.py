@@ -23,7 +23,7 @@ from shared.kafka import ensure_topics
 log = logging.getLogger("rivulet")
 
 SERVICES: tuple[str, ...] = (
-    "ingestion", "features", "serving", "prediction_log", "label_join", "drift", "retrain",
+    "ingestion", "features", "serving", "prediction_log", "label_join", "performance", "drift", "retrain",
 )
 COLOURS = ("cyan", "green", "magenta", "yellow", "blue", "red", "white", "bright_cyan")
 
@@ -45,6 +45,7 @@ class Environment:
             "RIVULET_REDIS_URL": self.redis_url,
             "RIVULET_DATA_DIR": str(self.data_dir),
             "RIVULET_SERVING_PORT": str(self.serving_port),
+            "RIVULET_PERFORMANCE_PORT": os.environ.get("RIVULET_PERFORMANCE_PORT") or str(_port_or_free(9464)),
             "PYTHONUNBUFFERED": "1",
         }
         if spec:

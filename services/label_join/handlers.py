@@ -1,4 +1,4 @@
-"""Pure join logic: parse the two inputs, decide what to emit, build the output.
+"""Pure join logic: parse the two inputs, decide what to emit, build the outputs.
 
 Each input record becomes a :class:`Step`. Redis stores the step's side and returns the
 other side plus the done marker (atomically, see ``join_state``); :func:`plan_emissions`
@@ -7,10 +7,12 @@ then decides, per step, in order:
 * first pair (prediction + label, nothing emitted yet)    -> emit revision 1
 * a label whose value differs from the last emitted one  -> emit revision n + 1 (correction)
 * the same label value again, or a redelivered record    -> nothing
+* a label for a prediction whose window already closed   -> ``labels.unmatched`` (expired)
 * only one side so far                                    -> nothing (it waits in Redis)
 
 The done marker records the revision AND label value emitted, so a redelivery after a
-crash is recognised as a duplicate, not mistaken for a correction.
+crash is recognised as a duplicate, not mistaken for a correction. Revision 0 means
+"the maturity window closed without a label" (a ``labels.missing`` record was emitted).
 """
 
 from __future__ import annotations
@@ -21,14 +23,21 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 
 from shared import codec
-from shared.contracts import Label, LabeledPrediction, PredictionRecord
+from shared.contracts import (
+    Label,
+    LabeledPrediction,
+    LabelMissing,
+    PredictionRecord,
+    UnmatchedLabel,
+)
 from shared.contracts import parse_record as parse
 from shared.errors import Reason, RejectedRecord
 from shared.topics import LABELS_VALID, PREDICTIONS
 
 M = TypeVar("M", bound=BaseModel)
 Kind = Literal["prediction", "label"]
-Action = Literal["emit", "correction", "duplicate", "already_joined", "waiting"]
+Action = Literal["emit", "correction", "duplicate", "already_joined", "expired", "waiting"]
+UnmatchedReason = Literal["unknown_prediction", "expired"]
 
 
 @dataclass(frozen=True)
@@ -40,34 +49,41 @@ class Step:
     stored: bytes
     prediction: PredictionRecord | None = None
     label: Label | None = None
+    source: tuple[str, int] = ("", -1)  # input (topic, partition): where its pending outputs live
 
 
-def to_step(topic: str, value: bytes | None) -> Step:
+def to_step(topic: str, value: bytes | None, partition: int = -1) -> Step:
     if topic == PREDICTIONS.name:
         rec = parse(PredictionRecord, value)
-        return Step("prediction", rec.prediction_id, codec.dumps(rec.model_dump(mode="json")), prediction=rec)
+        return Step("prediction", rec.prediction_id, codec.dumps(rec.model_dump(mode="json")), prediction=rec,
+                    source=(topic, partition))
     if topic == LABELS_VALID.name:
         label = parse(Label, value)
-        return Step("label", label.prediction_id, codec.dumps(label.model_dump(mode="json")), label=label)
+        return Step("label", label.prediction_id, codec.dumps(label.model_dump(mode="json")), label=label,
+                    source=(topic, partition))
     raise RejectedRecord(Reason.INVALID, f"unexpected topic {topic!r}")
 
 
 @dataclass(frozen=True)
 class Done:
-    """What was last emitted for a prediction: its revision and the label value."""
+    """What was last emitted for a prediction: its revision and the label value
+    (revision 0, actual None: the window closed without a label)."""
 
     revision: int
-    actual: bool | float
+    actual: bool | float | None
 
     def encode(self) -> bytes:
         return codec.dumps({"revision": self.revision, "actual": self.actual})
 
     @classmethod
-    def decode(cls, raw: bytes | None) -> "Done | None":
+    def decode(cls, raw: bytes | None) -> Done | None:
         if raw is None:
             return None
         data = codec.loads(raw)
         return cls(int(data["revision"]), data["actual"])
+
+
+MISSING = Done(0, None)
 
 
 def decide(kind: Kind, label: Label | None, have_prediction: bool, done: Done | None) -> tuple[Action, int]:
@@ -78,6 +94,8 @@ def decide(kind: Kind, label: Label | None, have_prediction: bool, done: Done | 
         return "emit", 1
     if kind == "prediction":
         return "already_joined", 0
+    if done.revision == 0:
+        return "expired", 0
     if label.label == done.actual:
         return "duplicate", 0
     return "correction", done.revision + 1
@@ -87,11 +105,13 @@ def decide(kind: Kind, label: Label | None, have_prediction: bool, done: Done | 
 class Emission:
     output: LabeledPrediction
     done: Done
+    source: tuple[str, int]
 
 
 @dataclass
 class Plan:
     emissions: list[Emission] = field(default_factory=list)
+    unmatched: list[UnmatchedLabel] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     def final_done(self) -> dict[str, Done]:
@@ -110,10 +130,12 @@ def plan_emissions(steps: list[Step], fetched: list[tuple[bytes | None, bytes | 
         done = pending.get(step.prediction_id) or Done.decode(done_raw)
         action, revision = decide(step.kind, label, prediction is not None, done)
         plan.counts[action] = plan.counts.get(action, 0) + 1
+        if action == "expired" and label is not None and prediction is not None:
+            plan.unmatched.append(unmatched(label, "expired", now, prediction.model_version))
         if revision and prediction is not None and label is not None:
             output = labeled(prediction, label, revision, now)
             pending[step.prediction_id] = Done(revision, label.label)
-            plan.emissions.append(Emission(output, pending[step.prediction_id]))
+            plan.emissions.append(Emission(output, pending[step.prediction_id], step.source))
     return plan
 
 
@@ -122,4 +144,17 @@ def labeled(prediction: PredictionRecord, label: Label, revision: int, now: floa
         **prediction.model_dump(), actual=label.label, label_event_time=label.event_time,
         labeled_at=now, revision=revision,
     )
+
+
+def unmatched(label: Label, reason: UnmatchedReason, now: float, model_version: int | None = None) -> UnmatchedLabel:
+    return UnmatchedLabel(**label.model_dump(), reason=reason, unmatched_at=now, model_version=model_version)
+
+
+def expired_output(member: str, payload: bytes, maturity_s: float, now: float) -> LabelMissing | UnmatchedLabel:
+    """The record a claimed deadline produces: ``p:{id}`` -> label_missing,
+    ``l:{id}`` -> unmatched label (its prediction never came within the grace period)."""
+    if member.startswith("p:"):
+        rec = PredictionRecord.model_validate_json(payload)
+        return LabelMissing(**rec.model_dump(), maturity_s=maturity_s, expired_at=now)
+    return unmatched(Label.model_validate_json(payload), "unknown_prediction", now)
 

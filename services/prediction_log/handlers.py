@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
 from shared import codec
-from shared.contracts import PredictionRecord, parse_record
+from shared.contracts import LabeledPrediction, PredictionRecord, parse_record
 from shared.errors import Reason, RejectedRecord
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,16 @@ def store_root(data_dir: Path) -> Path:
     return Path(data_dir) / "offline" / "predictions"
 
 
+def labels_root(data_dir: Path) -> Path:
+    """Labels (``predictions.labeled``, every revision) live next to the predictions,
+    in the same layout, so a training set can be read point-in-time (see ``reader``)."""
+    return Path(data_dir) / "offline" / "labels"
+
+
 def utc_date(epoch_s: float) -> str:
     """UTC calendar date of an epoch time; raises RejectedRecord if it is not a real date."""
     try:
-        return datetime.fromtimestamp(epoch_s, tz=timezone.utc).date().isoformat()
+        return datetime.fromtimestamp(epoch_s, tz=UTC).date().isoformat()
     except (OverflowError, OSError, ValueError) as exc:
         raise RejectedRecord(Reason.OUT_OF_RANGE, f"served_at {epoch_s!r} is not a date", "served_at") from exc
 
@@ -84,6 +90,31 @@ def from_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Raw value, Kafka partition, offset -> (dedupe key, row with its "_dir"); raises RejectedRecord.
+RowBuilder = Callable[[bytes | None, int, int], tuple[str, dict[str, Any]]]
+
+
+def prediction_row(value: bytes | None, partition: int, offset: int) -> tuple[str, dict[str, Any]]:
+    rec = parse_prediction(value)
+    row = to_row(rec, partition, offset)
+    row["_dir"] = partition_dir(utc_date(rec.served_at), rec.model_version)
+    return rec.prediction_id, row
+
+
+def label_row(value: bytes | None, partition: int, offset: int) -> tuple[str, dict[str, Any]]:
+    """One label revision: the label columns only (features live in the prediction row).
+    Partitioned by the prediction's served date, so both sides of a time range prune alike."""
+    rec = parse_record(LabeledPrediction, value)
+    row: dict[str, Any] = {
+        "schema_version": rec.schema_version, "prediction_id": rec.prediction_id, "role": rec.role,
+        "revision": rec.revision, "actual": float(rec.actual), "actual_is_bool": isinstance(rec.actual, bool),
+        "label_event_time": rec.label_event_time, "labeled_at": rec.labeled_at, "served_at": rec.served_at,
+        "kafka_partition": partition, "kafka_offset": offset,
+        "_dir": partition_dir(utc_date(rec.served_at), rec.model_version),
+    }
+    return f"{rec.prediction_id}#{rec.revision}", row
+
+
 @dataclass(frozen=True)
 class FileSpec:
     """One file of a flush: where it goes, its rows, and how many files its group has."""
@@ -110,6 +141,7 @@ class FlushBuffer:
     """
 
     high_water: dict[int, int] = field(default_factory=dict)
+    row_of: RowBuilder = prediction_row
     rows: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
@@ -126,17 +158,15 @@ class FlushBuffer:
             self.stats["skipped"] += 1
             return
         try:
-            rec = parse_prediction(value)
-            row = to_row(rec, partition, offset)
-            row["_dir"] = partition_dir(utc_date(rec.served_at), rec.model_version)
+            dedupe, row = self.row_of(value, partition, offset)
         except RejectedRecord as exc:
             self.stats["invalid"] += 1
-            log.warning("skipping invalid prediction p%d@%d: %s", partition, offset, exc.as_dict())
+            log.warning("skipping invalid record p%d@%d: %s", partition, offset, exc.as_dict())
             return
-        if rec.prediction_id in self.seen_ids:
+        if dedupe in self.seen_ids:
             self.stats["duplicate"] += 1
             return
-        self.seen_ids.add(rec.prediction_id)
+        self.seen_ids.add(dedupe)
         self.rows.setdefault(partition, []).append(row)
 
     def due(self, now: float, max_records: int, interval_s: float) -> bool:

@@ -9,6 +9,9 @@ from shared.config import RivuletSettings
 
 class PredictionLogSettings(RivuletSettings):
     group_id: str = "rivulet-prediction-log"
+    # The labels sink (``predictions.labeled`` -> offline/labels) has its own group.
+    store_labels: bool = True
+    labels_group_id: str = "rivulet-prediction-log-labels"
     # A flush writes one Parquet file per (date, model_version, Kafka partition); bigger
     # flushes mean fewer, larger files, at the cost of a longer redelivery after a crash.
     flush_records: int = Field(default=5000, ge=1)

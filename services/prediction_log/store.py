@@ -19,7 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.prediction_log.handlers import TMP_PREFIX, TMP_SUFFIX, FileSpec, parse_file_name
+from services.prediction_log.handlers import (
+    TMP_PREFIX,
+    TMP_SUFFIX,
+    FileSpec,
+    parse_file_name,
+)
 
 log = logging.getLogger(__name__)
 GROUP_SIZE_KEY = b"rivulet.group_size"
@@ -39,6 +44,19 @@ SCHEMA = pa.schema([
     ("feature_event_time", pa.float64()),
     ("feature_age_s", pa.float64()),
     ("degraded", pa.list_(pa.string())),
+    ("kafka_partition", pa.int32()),
+    ("kafka_offset", pa.int64()),
+])
+LABEL_SCHEMA = pa.schema([
+    ("schema_version", pa.int32()),
+    ("prediction_id", pa.string()),
+    ("role", pa.string()),
+    ("revision", pa.int64()),
+    ("actual", pa.float64()),
+    ("actual_is_bool", pa.bool_()),
+    ("label_event_time", pa.float64()),
+    ("labeled_at", pa.float64()),  # when the label became known to Rivulet: the as-of clock
+    ("served_at", pa.float64()),
     ("kafka_partition", pa.int32()),
     ("kafka_offset", pa.int64()),
 ])
@@ -65,13 +83,13 @@ def _ensure_dir(root: Path, directory: Path) -> None:
         path = path.parent
 
 
-def write_file(root: Path, spec: FileSpec) -> Path:
+def write_file(root: Path, spec: FileSpec, schema: pa.Schema = SCHEMA) -> Path:
     """Write to a dot-named temp file, fsync, rename: readers never see half a file."""
     directory = root / spec.directory
     _ensure_dir(root, directory)
     final = directory / spec.name
     tmp = directory / f"{TMP_PREFIX}{spec.name}{TMP_SUFFIX}"
-    table = pa.Table.from_pylist(spec.rows, schema=SCHEMA)
+    table = pa.Table.from_pylist(spec.rows, schema=schema)
     table = table.replace_schema_metadata({GROUP_SIZE_KEY: str(spec.group_size).encode()})
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as fh:
@@ -81,11 +99,11 @@ def write_file(root: Path, spec: FileSpec) -> Path:
     return final
 
 
-def write_flush(root: Path, specs: Iterable[FileSpec]) -> int:
+def write_flush(root: Path, specs: Iterable[FileSpec], schema: pa.Schema = SCHEMA) -> int:
     """Write every file of one flush; returns the number of files written."""
     count = 0
     for spec in specs:
-        write_file(root, spec)
+        write_file(root, spec, schema)
         count += 1
     return count
 

@@ -47,7 +47,8 @@ async def _wait(predicate, timeout: float, what: str, interval: float = 1.0):  #
 async def test_loop_detects_shift_retrains_and_serves_new_version(stack: Stack) -> None:
     port = free_port()
     for service in SERVICES:
-        stack.spawn(f"services.{service}", RIVULET_SPEC=SPEC, RIVULET_SERVING_PORT=port)
+        stack.spawn(f"services.{service}", RIVULET_SPEC=SPEC, RIVULET_SERVING_PORT=port,
+                    RIVULET_PERFORMANCE_PORT=0)
     sim = Simulator(SimulatorSettings(
         kafka_bootstrap=stack.broker.url, redis_url=stack.redis.url,
         serving_url=f"http://127.0.0.1:{port}", sim_cards=200, sim_rate=100.0,

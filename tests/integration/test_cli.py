@@ -17,6 +17,7 @@ from shared.cli import app
 from shared.embedded import free_port
 from shared.errors import Reason, RejectedRecord
 from shared.kafka import dead_letter, make_producer, publish
+from shared.supervisor import SERVICES
 from tests.helpers import ROOT, Stack
 
 
@@ -61,6 +62,7 @@ def test_dlq_groups_recent_dead_letters_by_reason(stack: Stack) -> None:
 def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIVULET_")}
     env["RIVULET_SERVING_PORT"] = str(free_port())
+    env["RIVULET_PERFORMANCE_PORT"] = str(free_port())
     log = tmp_path / "up.log"
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--data-dir", str(tmp_path)],
                             cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -73,7 +75,7 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         started = _children(proc.pid)
         names = {Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                  for p in started if Path(f"/proc/{p}").exists()}
-        for service in ("ingestion", "features", "serving", "prediction_log", "label_join", "drift", "retrain"):
+        for service in SERVICES:
             assert any(f"services.{service}" in n for n in names), (service, names)
         assert any("tansu" in n for n in names) and any("redis-server" in n for n in names)
         proc.send_signal(signal.SIGINT)

@@ -1,0 +1,1 @@
+"""performance: online model metrics per model version and slice, measured or estimated."""
