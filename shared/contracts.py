@@ -166,6 +166,48 @@ class LabeledPrediction(PredictionRecord):
     revision: int = 1
 
 
+class LabelMissing(PredictionRecord):
+    """labels.missing: a prediction whose label did not arrive within spec.labels.maturity.
+
+    Emitted once per prediction by the label ledger (at-least-once: dedupe by prediction_id).
+    A label that arrives later goes to ``labels.unmatched`` (reason ``expired``), never joins.
+    """
+
+    status: Literal["label_missing"] = "label_missing"
+    maturity_s: float
+    expired_at: float
+
+
+class UnmatchedLabel(Label):
+    """labels.unmatched: a label that joined no prediction, and why.
+
+    ``unknown_prediction``: no prediction with this id arrived within the label's own grace
+    period; ``expired``: the prediction's maturity window had already closed.
+    """
+
+    reason: Literal["unknown_prediction", "expired"]
+    unmatched_at: float
+    model_version: int | None = None
+
+
+class MetricsRecord(Contract):
+    """metrics: a snapshot of online metrics for one model version (and optionally one slice).
+
+    ``kind`` ``performance``: classification metrics over the last ``window`` labeled
+    predictions (``estimated`` true: no labels yet, values estimated from calibrated scores);
+    ``labels``: label coverage (joined / matured) and label delay quantiles. Snapshots are
+    republished periodically; the latest per key wins.
+    """
+
+    kind: Literal["performance", "labels"]
+    model_version: int
+    slice: str | None = None  # e.g. "channel=online"; None = all predictions
+    estimated: bool = False
+    window: int = 0  # labeled predictions (or matured predictions for ``labels``) in the window
+    metrics: dict[str, float] = Field(default_factory=dict)
+    computed_at: float
+
+
 class AlertWindow(BaseModel):
     model_config = ConfigDict(frozen=True)
     start: float
@@ -176,8 +218,27 @@ class AlertWindow(BaseModel):
 AlertKind = Literal["data_drift", "prediction_drift", "concept_drift", "data_quality"]
 
 
+IncidentStatus = Literal["opened", "updated", "resolved"]
+ProbableCause = Literal["upstream_data", "covariate_shift", "concept_drift", "prediction_drift"]
+
+
+class DriftedFeature(BaseModel):
+    """One test that crossed its threshold in the incident's latest evaluation.
+    ``feature`` is null for the score, the error stream and upstream health checks."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    feature: str | None
+    test: str
+    statistic: float
+    p_value: float | None = None
+
+
 class DriftAlert(Contract):
-    """drift.alerts: one alert users can subscribe to."""
+    """drift.alerts: one message of a drift incident users can subscribe to.
+
+    An incident (``incident_id``) is ``opened`` once, ``updated`` when what drifts changes
+    and ``resolved`` after enough clean windows. The v1 fields (kind, feature, test,
+    statistic, threshold, window) describe the incident's top finding."""
 
     alert_id: Id
     kind: AlertKind
@@ -191,6 +252,10 @@ class DriftAlert(Contract):
     detected_at: float
     severity: Literal["low", "medium", "high"] = "medium"
     message: str = ""
+    incident_id: str | None = None
+    status: IncidentStatus = "opened"
+    top_features: tuple[DriftedFeature, ...] = ()
+    probable_cause: ProbableCause | None = None
 
 
 class TrainingWindow(BaseModel):
@@ -217,6 +282,12 @@ class ModelEvent(Contract):
     artifact_b64: str | None = None
     artifact_sha256: str | None = None
     signature: str | None = None
+    # Rollout (event "promoted"): full = becomes champion; shadow = scores every request,
+    # logged as role "shadow", never answered; canary = answers ``share`` of entities.
+    # Absent = full. ``who``: the person or service that asked (with ``reason`` as the why).
+    strategy: Literal["full", "shadow", "canary"] | None = None
+    share: float | None = Field(default=None, ge=0.0, le=1.0)
+    who: str = ""
 
 
 class RetrainRequest(Contract):

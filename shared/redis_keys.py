@@ -10,7 +10,8 @@ key                                type    contents
                                            (JSON numbers as strings), plus ``_event_time`` (event
                                            time of the last applied event) and ``_written_at``
                                            (wall time of the write). TTL = ``entity_ttl``.
-                                           /predict reads it with one HGETALL.
+                                           /predict reads it in one round trip (a Lua
+                                           script returning the hashes as JSON).
 ``rv:{fs}:w:{entity}``             string  the entity's window buffer: JSON list of the events
                                            still inside the longest window (+ allowed lateness);
                                            the streaming engine recomputes features from it.
@@ -23,7 +24,37 @@ key                                type    contents
 ``rv:join:done:{prediction_id}``   string  label join: last emitted revision and label value, JSON
                                            ``{"revision": n, "actual": v}`` (dedupe; a label with a
                                            different value is a correction, revision n + 1).
-``rv:drift:cool:{model}:{kind}:{feature}``  string  drift alert cool-down marker (EX = cooldown).
+                                           Written BEFORE the output is published (with the
+                                           pending entry below). ``{"revision": 0, ...}`` = the
+                                           maturity window closed without a label (missing).
+``rv:join:deadlines``              zset    label ledger expiry: member ``p:{id}`` (prediction
+                                           waiting for its label, score = arrival + maturity)
+                                           or ``l:{id}`` (label waiting for its prediction, score
+                                           = arrival + unmatched grace). Scanned periodically
+                                           with ZRANGEBYSCORE; an expired member is CLAIMED in a
+                                           Lua script (score moved to now + lease) so one instance
+                                           publishes it, then ZREM'd after the broker ack.
+                                           Why not keyspace notifications: they are fire-and-
+                                           forget (lost while no subscriber listens).
+``rv:join:claims``                 hash    label ledger: member -> payload of a claimed expiry,
+                                           kept until published (a crash re-claims after the lease).
+``rv:join:pending:{topic}:{part}`` hash    label ledger: prediction id -> planned output (bytes,
+                                           output partition, lower bound of its offset) for the
+                                           batch of that input partition being published; empty
+                                           after the acks. Left over after a crash: reconciled
+                                           against ``predictions.labeled`` before the partition is
+                                           consumed again (publish only what is not there).
+``rv:drift:cool:{model}:{kind}:{feature}``  string  drift alert cool-down marker of the v1 service
+                                           (no longer written: cool-downs live in the incident).
+``rv:drift:incidents``             hash    drift: model version -> JSON incident tracker (the open
+                                           incident, last resolution time, last window end), so a
+                                           restart neither re-opens nor forgets an incident.
+``rv:drift:state:{model}``         hash    drift: latest evaluation of a model version, one field
+                                           per test (``{feature or -}|{test}`` -> JSON: kind,
+                                           statistic, p_value, threshold, critical, effects, window,
+                                           drifted, evaluated_at) plus ``_meta`` (JSON: window, step,
+                                           per-test threshold, open incident). Read by
+                                           ``rivulet drift report``.
 ``rv:drift:selfref``               hash    drift: model version -> JSON reference profile built
                                            from its own first predictions (versions announced
                                            without a profile, e.g. the baseline v0).
@@ -67,9 +98,33 @@ def join_done(prediction_id: str) -> str:
     return f"{PREFIX}:join:done:{prediction_id}"
 
 
+def join_deadlines() -> str:
+    return f"{PREFIX}:join:deadlines"
+
+
+def join_claims() -> str:
+    return f"{PREFIX}:join:claims"
+
+
+def join_pending(topic: str, partition: int) -> str:
+    return f"{PREFIX}:join:pending:{topic}:{partition}"
+
+
 def drift_cooldown(model_version: int, kind: str, feature: str | None) -> str:
     return f"{PREFIX}:drift:cool:{model_version}:{kind}:{feature or '-'}"
 
 
 def drift_self_references() -> str:
     return f"{PREFIX}:drift:selfref"
+
+
+def drift_incidents() -> str:
+    return f"{PREFIX}:drift:incidents"
+
+
+def drift_state(model_version: int) -> str:
+    return f"{PREFIX}:drift:state:{model_version}"
+
+
+def drift_state_pattern() -> str:
+    return f"{PREFIX}:drift:state:*"

@@ -106,10 +106,21 @@ class ModelSpec(_Frozen):
 class DriftSpec(_Frozen):
     window: int = 500
     reference_size: int = 2000
-    alpha: float = 0.001
+    alpha: float = 0.001  # cap on the family-wise false-alarm rate of one evaluation
     cooldown: Duration = 600.0
     accuracy_window: int = 300
     accuracy_drop: float = 0.05
+    # Sliding window of `window` predictions, evaluated every `step` predictions; the
+    # per-evaluation family alpha is min(alpha, false_alarms_per_100k * step / 100000)
+    # (alpha spending over evaluations), split over the tests by Bonferroni.
+    step: int = Field(default=100, ge=1)
+    false_alarms_per_100k: float = Field(default=1.0, gt=0)
+    resolve_after: int = Field(default=2, ge=1)  # clean full windows before an incident resolves
+    quality_tolerance: float = 0.05  # bad-value rate above the reference's that is still fine
+    dlq_rate_max: float = 0.05  # events.dlq records per prediction above which upstream is unhealthy
+    adwin_delta: float = 1e-4  # river.drift.ADWIN on the champion's 0/1 error stream
+    ph_threshold: float = 200.0  # river.drift.PageHinkley (mode "up") on the same stream
+    ph_delta: float = 0.01
 
 
 class LabelsSpec(_Frozen):

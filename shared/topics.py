@@ -27,6 +27,8 @@ class Topic:
 EVENTS_RAW = Topic("events.raw", None, "entity_id", 4, dlq="events.dlq", public=True)
 EVENTS_VALID = Topic("events.valid", None, "entity_id", 4)
 EVENTS_DLQ = Topic("events.dlq", c.DeadLetter, "original key", 1, public=True)
+# Valid events the features service refused: later than the spec's allowed lateness.
+EVENTS_LATE = Topic("events.late", c.DeadLetter, "original key", 1, public=True)
 LABELS_RAW = Topic("labels.raw", c.Label, "prediction_id", 4, dlq="labels.dlq", public=True)
 LABELS_VALID = Topic("labels.valid", c.Label, "prediction_id", 4)
 LABELS_DLQ = Topic("labels.dlq", c.DeadLetter, "original key", 1, public=True)
@@ -35,11 +37,15 @@ PREDICTIONS_LABELED = Topic("predictions.labeled", c.LabeledPrediction, "predict
 DRIFT_ALERTS = Topic("drift.alerts", c.DriftAlert, "model_version", 1, public=True)
 MODELS = Topic("models", c.ModelEvent, "version", 1, public=True)
 RETRAIN_REQUESTS = Topic("retrain.requests", c.RetrainRequest, "request_id", 1, public=True)
+LABELS_MISSING = Topic("labels.missing", c.LabelMissing, "prediction_id", 4, public=True)
+LABELS_UNMATCHED = Topic("labels.unmatched", c.UnmatchedLabel, "prediction_id", 1, public=True)
+METRICS = Topic("metrics", c.MetricsRecord, "model_version[:slice]", 1, public=True)
 
 CATALOG: tuple[Topic, ...] = (
     EVENTS_RAW,
     EVENTS_VALID,
     EVENTS_DLQ,
+    EVENTS_LATE,
     LABELS_RAW,
     LABELS_VALID,
     LABELS_DLQ,
@@ -48,6 +54,9 @@ CATALOG: tuple[Topic, ...] = (
     DRIFT_ALERTS,
     MODELS,
     RETRAIN_REQUESTS,
+    LABELS_MISSING,
+    LABELS_UNMATCHED,
+    METRICS,
 )
 
 BY_NAME: dict[str, Topic] = {t.name: t for t in CATALOG}

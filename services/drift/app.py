@@ -1,15 +1,17 @@
 """Drift service wiring.
 
 Consumes: ``models`` (no group, from the beginning, to know every version's reference
-profile and validation accuracy), ``predictions`` and ``predictions.labeled`` (consumer
-group ``rivulet-drift``, at-least-once via :class:`shared.kafka.BatchLoop`).
-Produces: ``drift.alerts`` (key = model version).
-Stores (Redis): ``rv:drift:cool:*`` cool-down markers (SET NX EX, so a restart does not
-repeat an alert) and ``rv:drift:selfref`` (self-built references, e.g. version 0's).
+profile and validation accuracy), ``predictions``, ``predictions.labeled`` and
+``events.dlq`` (consumer group ``rivulet-drift``, at-least-once via
+:class:`shared.kafka.BatchLoop`).
+Produces: ``drift.alerts`` (key = model version): incident messages opened/updated/resolved.
+Stores (Redis): ``rv:drift:incidents`` (incident trackers), ``rv:drift:state:{model}``
+(latest per-test state, for ``rivulet drift report``) and ``rv:drift:selfref``
+(self-built references, e.g. version 0's).
 
-Alert delivery: findings wait in ``pending`` until their cool-down is decided, admitted
-alerts wait in ``outbox`` until the broker acked them; both survive a failed batch,
-so a retry neither loses nor re-decides an alert.
+Alert delivery: alerts wait in ``outbox`` until the broker acked them (a failed batch is
+retried and the outbox re-sent with the same alert ids); trackers are persisted after
+the ack, so a crash in between may repeat, never lose, an alert.
 """
 
 from __future__ import annotations
@@ -22,15 +24,28 @@ import uuid
 import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
 
-from services.drift import handlers
-from services.drift.handlers import Finding
-from services.drift.monitor import DriftMonitor
+from services.drift import handlers, incidents
+from services.drift.incidents import Tracker
+from services.drift.monitor import DriftMonitor, Evaluation
 from services.drift.settings import DriftSettings
 from shared import codec, redis_keys
 from shared.contracts import DriftAlert, LabeledPrediction, ModelEvent, PredictionRecord
-from shared.kafka import BatchLoop, Out, ensure_topics, make_consumer, make_producer, publish
+from shared.kafka import (
+    BatchLoop,
+    Out,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    publish,
+)
 from shared.runtime import run_service, setup_logging
-from shared.topics import DRIFT_ALERTS, MODELS, PREDICTIONS, PREDICTIONS_LABELED
+from shared.topics import (
+    DRIFT_ALERTS,
+    EVENTS_DLQ,
+    MODELS,
+    PREDICTIONS,
+    PREDICTIONS_LABELED,
+)
 
 log = logging.getLogger("services.drift")
 
@@ -40,7 +55,8 @@ class DriftService:
         self.settings = settings
         self.spec = settings.use_case
         self.monitor = DriftMonitor(self.spec)
-        self.pending: list[Finding] = []
+        self.trackers: dict[int, Tracker] = {}
+        self.latest: dict[int, Evaluation] = {}
         self.outbox: list[DriftAlert] = []
         self.unsaved: dict[int, dict[str, object]] = {}
         self.published = 0
@@ -51,54 +67,53 @@ class DriftService:
         self.redis = aioredis.from_url(s.redis_url)
         self.producer = make_producer(s)
         self.models = make_consumer(s, MODELS.name, group_id=None)
-        consumer = make_consumer(s, PREDICTIONS.name, PREDICTIONS_LABELED.name, group_id=s.drift_group)
+        consumer = make_consumer(s, PREDICTIONS.name, PREDICTIONS_LABELED.name, EVENTS_DLQ.name,
+                                 group_id=s.drift_group)
         try:
             await self.producer.start()
             await self.models.start()
+            await self._load_trackers()
             await self._catch_up_models()
             await self._load_self_references()
             await consumer.start()
-            log.info("drift started: window=%d alpha=%g cooldown=%gs", self.spec.drift.window,
-                     self.spec.drift.alpha, self.spec.drift.cooldown)
+            d = self.spec.drift
+            log.info("drift started: window=%d step=%d family alpha=%g (budget %g per 100k) cooldown=%gs",
+                     d.window, d.step, handlers.family_alpha(self.spec), d.false_alarms_per_100k, d.cooldown)
             loop = BatchLoop(consumer, None, self.handle, name="drift", max_records=s.drift_max_records)
             await loop.run(stop)
         finally:
             for close in (consumer.stop, self.models.stop, self.producer.stop, self.redis.aclose):
                 try:
                     await close()
-                except Exception:  # noqa: BLE001 - best effort on shutdown
+                except Exception:
                     log.debug("close failed", exc_info=True)
 
     async def handle(self, records: list[ConsumerRecord]) -> list[Out]:
-        """One batch: refresh models, feed the monitor, cool-down, publish (then commit)."""
+        """One batch: refresh models, feed the monitor, advance incidents, publish, persist."""
         await self._drain_models()
-        parsed = [(r.topic, handlers.parse(r.topic, r.value)) for r in records]
+        parsed = [(r, handlers.parse(r.topic, r.value) if r.topic != EVENTS_DLQ.name else None)
+                  for r in records]
         unknown = {p.model_version for _, p in parsed if isinstance(p, PredictionRecord)
                    and not self.monitor.knows(p.model_version)}
         if unknown:  # serving announces before it serves: read `models` to its end
             await self._catch_up_models()
-        for topic, rec in parsed:
-            if isinstance(rec, LabeledPrediction) and topic == PREDICTIONS_LABELED.name:
-                self.pending.extend(self.monitor.add_labeled(rec))
-            elif isinstance(rec, PredictionRecord) and topic == PREDICTIONS.name:
-                self.pending.extend(self.monitor.add_prediction(rec))
+        now = time.time()
+        parsed.sort(key=lambda item: item[0].topic != EVENTS_DLQ.name)  # dead letters first (stable)
+        for r, rec in parsed:
+            if r.topic == EVENTS_DLQ.name:
+                self.monitor.add_dead_letter(handlers.dead_letter_time(r.headers, r.timestamp))
+            elif isinstance(rec, LabeledPrediction) and r.topic == PREDICTIONS_LABELED.name:
+                self.monitor.add_labeled(rec)
+            elif isinstance(rec, PredictionRecord) and r.topic == PREDICTIONS.name:
+                ev = self.monitor.add(rec)
+                if ev is not None:
+                    self.latest[ev.model_version] = ev
+                    tracker = self.trackers.setdefault(ev.model_version, Tracker())
+                    self.outbox.extend(incidents.observe(tracker, ev, self.spec, now, lambda: uuid.uuid4().hex))
         await self._store_self_references()
-        await self._admit_pending()
         await self._flush_outbox()
+        await self._persist()
         return []
-
-    async def _admit_pending(self) -> None:
-        """Cool-down: SET NX EX per (version, kind, feature); only the first one is sent."""
-        while self.pending:
-            f = self.pending[0]
-            key = redis_keys.drift_cooldown(f.model_version, f.outcome.kind, f.outcome.feature)
-            ttl = max(1, int(round(self.spec.drift.cooldown)))
-            if await self.redis.set(key, "1", nx=True, ex=ttl):
-                self.outbox.append(handlers.to_alert(f, uuid.uuid4().hex, time.time()))
-            else:
-                log.info("suppressed by cool-down: v%d %s %s", f.model_version, f.outcome.kind,
-                         f.outcome.feature or "-")
-            self.pending.pop(0)
 
     async def _flush_outbox(self) -> None:
         if not self.outbox:
@@ -107,15 +122,44 @@ class DriftService:
                 for a in self.outbox]
         await publish(self.producer, outs)
         for a in self.outbox:
-            log.warning("DRIFT ALERT %s", a.message)
+            log.warning("DRIFT %s", a.message)
         self.published += len(self.outbox)
         self.outbox.clear()
+
+    async def _persist(self) -> None:
+        """Trackers (after the ack) and the latest state per evaluated version."""
+        if self.trackers:
+            await self.redis.hset(redis_keys.drift_incidents(), mapping={
+                str(v): codec.dumps(t.to_json()) for v, t in self.trackers.items()})
+        for version, ev in self.latest.items():
+            tracker = self.trackers.get(version)
+            mapping = handlers.state_fields(ev, tracker.incident.incident_id if tracker and tracker.incident else None,
+                                            time.time())
+            await self.redis.hset(redis_keys.drift_state(version), mapping=mapping)
+        self.latest.clear()
+
+    async def _load_trackers(self) -> None:
+        for version, blob in (await self.redis.hgetall(redis_keys.drift_incidents())).items():
+            try:
+                self.trackers[int(version)] = Tracker.from_json(codec.loads(blob))
+            except (ValueError, TypeError, codec.JSONDecodeError):
+                log.warning("ignoring unreadable incident tracker for version %r", version)
 
     def _apply_models(self, records: list[ConsumerRecord]) -> None:
         for r in records:
             event = handlers.parse(r.topic, r.value)
             if isinstance(event, ModelEvent):
                 self.monitor.apply_model_event(event)
+                if event.event == "promoted":
+                    self._supersede(event.version)
+
+    def _supersede(self, version: int) -> None:
+        """A newer promoted version: incidents of older versions are resolved (they no longer serve)."""
+        for old, tracker in self.trackers.items():
+            if old < version and tracker.incident is not None:
+                span = self.latest[old].span if old in self.latest else handlers.AlertWindow(
+                    start=tracker.last_end, end=tracker.last_end, count=0)
+                self.outbox.extend(incidents.resolve(tracker, span, time.time(), f"v{version} was promoted"))
 
     async def _drain_models(self) -> None:
         batch = await self.models.getmany(timeout_ms=0)

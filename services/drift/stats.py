@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
+from scipy.spatial import distance
 
 OTHER = "__other__"
 MIN_EXPECTED = 5.0  # bins expected to hold fewer rows are pooled into ``other``
@@ -97,6 +99,118 @@ def chi2_test(window: Iterable[str], reference: Mapping[str, int],
     res = stats.chi2_contingency(table, correction=False)
     expected = tuple(float(x) for x in res.expected_freq[0])
     return ChiSquareResult(float(res.statistic), float(res.pvalue), bins, tuple(win), expected)
+
+
+def ks_statistic(window_sorted: np.ndarray, reference_sorted: np.ndarray) -> float:
+    """The two-sample KS statistic D of ``scipy.stats.ks_2samp``, computed the same way
+    (ECDF difference at every pooled value) on already sorted arrays. Why separate: the
+    service computes D at every evaluation and asks scipy for the exact p-value only when
+    D is near the critical value (see :func:`ks_critical`), which keeps it cheap.
+
+    >>> ks_statistic(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    1.0
+    """
+    both = np.concatenate([window_sorted, reference_sorted])
+    cdf1 = np.searchsorted(window_sorted, both, side="right") / window_sorted.size
+    cdf2 = np.searchsorted(reference_sorted, both, side="right") / reference_sorted.size
+    return float(np.max(np.abs(cdf1 - cdf2)))
+
+
+@lru_cache(maxsize=4096)
+def ks_critical(n: int, m: int, threshold: float) -> float:
+    """Smirnov's asymptotic critical D for sizes n, m at ``threshold`` (what scipy's
+    ``method="asymp"`` inverts). Used only as a pre-screen: D below 0.85 of it is far
+    from significant; at or above it scipy's exact p-value decides."""
+    en = round(n * m / (n + m))
+    return float(stats.kstwo.isf(threshold, en))
+
+
+def wasserstein(window_sorted: np.ndarray, reference_sorted: np.ndarray) -> float:
+    """1-Wasserstein (earth mover's) distance, same as ``scipy.stats.wasserstein_distance``:
+    the area between the two ECDFs. In the units of the feature (the service divides it
+    by the reference's standard deviation for a unit-free effect size).
+
+    >>> wasserstein(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+    2.0
+    """
+    return ks_and_wasserstein(window_sorted, reference_sorted)[1]
+
+
+def ks_and_wasserstein(window_sorted: np.ndarray, reference_sorted: np.ndarray) -> tuple[float, float]:
+    """Both statistics from one pass over the pooled sorted values (the service's hot
+    path): D = max |ECDF difference| at the pooled values (as ``ks_2samp``), W = the area
+    between the ECDFs (as ``wasserstein_distance``)."""
+    both = np.sort(np.concatenate([window_sorted, reference_sorted]), kind="mergesort")
+    diff = (np.searchsorted(window_sorted, both, side="right") / window_sorted.size
+            - np.searchsorted(reference_sorted, both, side="right") / reference_sorted.size)
+    gaps = np.abs(diff)
+    return float(gaps.max()), float(np.dot(gaps[:-1], np.diff(both)))
+
+
+def jensen_shannon(window: Mapping[str, float], reference: Mapping[str, float]) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two category count tables,
+    exactly ``scipy.spatial.distance.jensenshannon`` over the union of categories.
+
+    >>> jensen_shannon({"a": 1}, {"b": 1})
+    1.0
+    """
+    cats = sorted(set(window) | set(reference))
+    p = np.array([float(window.get(c, 0)) for c in cats])
+    q = np.array([float(reference.get(c, 0)) for c in cats])
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0
+    return float(distance.jensenshannon(p, q, base=2))
+
+
+PSI_EPS = 1e-4  # share floor of an empty bin: keeps PSI finite
+
+
+def psi(window_counts: Sequence[float], reference_counts: Sequence[float]) -> float:
+    """Population stability index sum((w - r) * ln(w / r)) over bins of shares.
+    Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift.
+
+    >>> psi([50, 50], [50, 50])
+    0.0
+    >>> round(psi([90, 10], [50, 50]), 4)
+    0.8789
+    """
+    w = np.asarray(window_counts, dtype=float)
+    r = np.asarray(reference_counts, dtype=float)
+    if w.sum() == 0 or r.sum() == 0:
+        return 0.0
+    w = np.clip(w / w.sum(), PSI_EPS, None)
+    r = np.clip(r / r.sum(), PSI_EPS, None)
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+def psi_numeric(window: np.ndarray, edges: Sequence[float], reference_counts: Sequence[int]) -> float:
+    """PSI of finite values over the reference's quantile bins (see shared.profile.quantile_bins)."""
+    if len(reference_counts) < 2:
+        return 0.0
+    counts = np.bincount(np.searchsorted(np.asarray(edges), window, "left"), minlength=len(reference_counts))
+    return psi(counts, reference_counts)
+
+
+def psi_categorical(window: Mapping[str, int], reference: Mapping[str, int]) -> float:
+    """PSI over the union of categories (a new category is a bin with reference share 0)."""
+    cats = sorted(set(window) | set(reference))
+    return psi([window.get(c, 0) for c in cats], [reference.get(c, 0) for c in cats])
+
+
+def excess_rate_test(bad: int, n: int, tolerated_rate: float) -> TestResult:
+    """One-sided exact binomial test (``scipy.stats.binomtest``, alternative ``greater``)
+    of H0: rate of bad values <= ``tolerated_rate``. Statistic = observed rate. Used for
+    data quality (missing, non-finite, out-of-range, unseen) and stale predictions.
+
+    >>> excess_rate_test(5, 100, 0.05).p_value > 0.3
+    True
+    >>> excess_rate_test(30, 100, 0.05).p_value < 1e-9
+    True
+    """
+    if n == 0 or tolerated_rate >= 1.0:
+        return TestResult(0.0 if n == 0 else bad / n, 1.0)
+    res = stats.binomtest(int(bad), int(n), float(tolerated_rate), alternative="greater")
+    return TestResult(bad / n, float(res.pvalue))
 
 
 def largest_shift(window: Iterable[str], reference: Mapping[str, int]) -> tuple[str, float, float]:

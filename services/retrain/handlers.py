@@ -164,6 +164,8 @@ def on_alert(state: ControllerState, alert: DriftAlert) -> Decision:
     trigger_id = f"drift:{alert.alert_id}"
     if trigger_id in state.handled:
         return Decision("skip", f"{trigger_id} already handled")
+    if alert.status != "opened":  # one retrain per incident: its updates and resolution add nothing
+        return Decision("skip", f"{trigger_id}: incident {alert.incident_id} {alert.status}, not a new incident")
     if alert.kind not in RETRAIN_KINDS:
         return Decision("skip", f"{trigger_id}: {alert.kind} alerts do not trigger retraining")
     if alert.model_version != state.champion:

@@ -63,13 +63,86 @@ def test_accuracy_test_matches_scipy_binomtest() -> None:
     assert ours.statistic == pytest.approx(230 / 300) and ours.p_value == pytest.approx(ref.pvalue)
 
 
-def test_decide_uses_bonferroni_per_test_alpha() -> None:
+def test_decide_uses_the_per_test_threshold_and_rules() -> None:
     span = AlertWindow(start=1.0, end=2.0, count=10)
     outcomes = [Outcome("data_drift", f"f{i}", "ks", 0.1, p, "") for i, p in
-                enumerate([0.0002, 0.0003, 0.5, 0.9])]
-    found = handlers.decide(outcomes, alpha=0.001, version=3, window=span)
-    assert [f.outcome.feature for f in found] == ["f0"]  # 0.0003 > 0.001 / 4
-    assert found[0].threshold == pytest.approx(0.00025) and found[0].model_version == 3
+                enumerate([0.0002, 0.0003, 0.5, None])]
+    outcomes.append(Outcome("data_quality", None, "dlq_rate", 0.2, None, "", critical=0.05, flagged=True))
+    found = handlers.decide(outcomes, 0.00025, version=3, window=span)
+    assert [f.outcome.key for f in found] == ["f0|ks", "-|dlq_rate"]
+    assert found[0].threshold == 0.00025 and found[0].model_version == 3
+
+
+def test_family_alpha_spends_the_budget_over_evaluations() -> None:
+    from shared.spec import DriftSpec, load_spec
+    spec = load_spec()
+    assert handlers.family_alpha(spec) == pytest.approx(min(spec.drift.alpha, spec.drift.step / 100_000))
+    tight = spec.model_copy(update={"drift": DriftSpec(step=50, false_alarms_per_100k=0.5)})
+    assert handlers.family_alpha(tight) == pytest.approx(0.5 * 50 / 100_000)
+
+
+@pytest.mark.parametrize("shift,n,m", [(0.0, 500, 2000), (0.3, 500, 2000), (0.0, 120, 400), (1.0, 60, 2000)])
+def test_fast_ks_and_wasserstein_match_scipy(shift: float, n: int, m: int) -> None:
+    rng = np.random.default_rng(int(shift * 10) + n)
+    a, b = np.sort(rng.normal(shift, 1, n)), np.sort(rng.normal(0, 1, m))
+    d, w = stats.ks_and_wasserstein(a, b)
+    assert d == pytest.approx(sps.ks_2samp(a, b).statistic, abs=1e-12)
+    assert w == pytest.approx(sps.wasserstein_distance(a, b), rel=1e-9)
+    assert stats.ks_statistic(a, b) == d and stats.wasserstein(a, b) == w
+
+
+def test_fast_ks_handles_ties_like_scipy() -> None:
+    rng = np.random.default_rng(3)
+    a, b = np.sort(rng.poisson(3.0, 500).astype(float)), np.sort(rng.poisson(3.3, 2000).astype(float))
+    assert stats.ks_statistic(a, b) == pytest.approx(sps.ks_2samp(a, b).statistic, abs=1e-12)
+
+
+def test_ks_screen_never_hides_a_significant_result() -> None:
+    """Below KS_SCREEN * critical D the p-value is skipped: it must be far above threshold."""
+    rng = np.random.default_rng(4)
+    ref = np.sort(rng.normal(0, 1, 2000))
+    threshold = 1e-5
+    crit = stats.ks_critical(500, 2000, threshold)
+    for shift in np.linspace(0, 0.4, 9):
+        a = np.sort(rng.normal(shift, 1, 500))
+        d = stats.ks_statistic(a, ref)
+        if d < handlers.KS_SCREEN * crit:
+            assert sps.ks_2samp(a, ref).pvalue > 10 * threshold
+
+
+def test_jensen_shannon_matches_scipy() -> None:
+    from scipy.spatial.distance import jensenshannon
+    window, ref = {"a": 30, "b": 50, "new": 20}, {"a": 400, "b": 500, "c": 100}
+    p, q = [30, 50, 0, 20], [400, 500, 100, 0]
+    assert stats.jensen_shannon(window, ref) == pytest.approx(jensenshannon(p, q, base=2))
+    assert stats.jensen_shannon(ref, ref) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_chi2_matches_scipy_on_window_values() -> None:
+    window = ["a"] * 120 + ["b"] * 300 + ["c"] * 80
+    ref = {"a": 500, "b": 1200, "c": 300}
+    res = stats.chi2_test(window, ref)
+    exp = sps.chi2_contingency(np.array([[120, 300, 80], [500, 1200, 300]]), correction=False)
+    assert res is not None and res.statistic == pytest.approx(exp.statistic) and res.p_value == pytest.approx(exp.pvalue)
+
+
+def test_psi_matches_its_formula_and_rules_of_thumb() -> None:
+    w, r = np.array([30, 20, 50]), np.array([40, 40, 20])
+    pw, pr = w / w.sum(), r / r.sum()
+    assert stats.psi(w, r) == pytest.approx(float(np.sum((pw - pr) * np.log(pw / pr))))
+    rng = np.random.default_rng(5)
+    from shared.profile import quantile_bins
+    bins = quantile_bins(rng.normal(0, 1, 20_000).tolist())
+    same = stats.psi_numeric(rng.normal(0, 1, 5000), bins["edges"], bins["counts"])
+    moved = stats.psi_numeric(rng.normal(0.5, 1, 5000), bins["edges"], bins["counts"])
+    assert same < 0.01 and 0.2 < moved < 0.35  # PSI of a 0.5 sigma shift is about 0.25
+    assert stats.psi_categorical({"a": 50, "new": 50}, {"a": 100}) > 1.0
+
+
+def test_excess_rate_matches_scipy_binomtest() -> None:
+    ours = stats.excess_rate_test(40, 500, 0.05)
+    ref = sps.binomtest(40, 500, 0.05, alternative="greater")
+    assert ours.statistic == pytest.approx(0.08) and ours.p_value == pytest.approx(ref.pvalue)
 
 
 def test_accuracy_outcome_needs_both_the_drop_and_significance() -> None:

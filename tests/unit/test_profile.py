@@ -35,3 +35,15 @@ def test_profile_skips_missing_values() -> None:
 def test_value_readers() -> None:
     assert numeric_value(3) == 3.0 and numeric_value(True) is None and numeric_value(math.inf) is None
     assert numeric_value("1") is None and category_value(None) is None and category_value(7) == "7"
+
+
+def test_profile_has_quantile_bins_missing_counts_and_score_bins_over_all_rows() -> None:
+    rows = _rows(1000)
+    p = build_profile(rows, [i / 1000 for i in range(1000)], SPEC, size=100)
+    assert p["rows"] == 1000 and p["count"] == 100
+    bins = p["bins"]["amount"]
+    assert len(bins["edges"]) == 9 and sum(bins["counts"]) == 1000 and max(bins["counts"]) - min(bins["counts"]) <= 1
+    assert p["bins"]["txn_count_5m"]["edges"] == [0.0, 1.0, 2.0]  # heavy ties: duplicate edges dropped
+    assert sum(p["bins"]["txn_count_5m"]["counts"]) == 1000
+    assert p["missing"]["country"] == 200 and p["missing"]["amount"] == 0 and p["missing"]["amount_sum_5m"] == 1000
+    assert sum(p["score_bins"]["counts"]) == 1000

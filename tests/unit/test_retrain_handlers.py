@@ -181,3 +181,14 @@ def test_model_events_for_pass_and_fail() -> None:
     bad = h.model_events(result, trigger, 3, 1, False, "rejected", window, 0.5, 99.0)
     assert [e.event for e in bad] == ["rejected"] and bad[0].artifact_b64 is None
     assert bad[0].metrics["log_loss"] == 0.2
+
+
+def test_only_opened_incidents_trigger_retraining() -> None:
+    state = h.ControllerState(champion=1)
+    for i, status in enumerate(("updated", "resolved")):
+        a = alert(f"u{i}", version=1).model_copy(update={"status": status, "incident_id": "inc1"})
+        d = h.on_alert(state, a)
+        assert d.action == "skip" and status in d.reason
+    assert state.pending is None
+    opened = alert("o1", version=1).model_copy(update={"status": "opened", "incident_id": "inc1"})
+    assert h.on_alert(state, opened).action == "pending" and state.pending.ids == ["drift:o1"]
