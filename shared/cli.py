@@ -150,10 +150,10 @@ def _print_summary(stats: Any) -> None:
 
 
 @app.command()
-def dlq(topic: str = typer.Option("events.dlq", help="events.dlq or labels.dlq"),
+def dlq(topic: str = typer.Option("events.dlq", help="events.dlq, labels.dlq or events.late"),
         limit: int = typer.Option(1000, help="most recent records to read"),
         bootstrap_servers: Optional[str] = typer.Option(None, envvar="RIVULET_KAFKA_BOOTSTRAP")) -> None:
-    """Show recent dead letters grouped by reason and field."""
+    """Show recent dead letters (events.dlq, labels.dlq, events.late) grouped by reason and field."""
     from shared.dlq import read_dead_letters
 
     if not bootstrap_servers:

@@ -122,9 +122,15 @@ def apply_model_event(state: ControllerState, ev: ModelEvent) -> None:
         state.bootstrap_rejected_end = max(state.bootstrap_rejected_end or 0.0, ev.trained_on.end)
     if ev.event == "promoted" and ev.artifact_b64:
         state.promoted[ev.version] = ev
-    if ev.event in ("promoted", "rolled_back") and ev.version != state.champion:
+    if becomes_champion(ev) and ev.version != state.champion:
         state.champion = ev.version
         state.pending = _retarget(state.pending, state.champion)
+
+
+def becomes_champion(ev: ModelEvent) -> bool:
+    """A full promotion or a rollback changes the champion; a shadow or canary rollout
+    only adds a challenger beside it."""
+    return ev.event == "rolled_back" or (ev.event == "promoted" and ev.strategy in (None, "full"))
 
 
 def _retarget(pending: Trigger | None, champion: int) -> Trigger | None:

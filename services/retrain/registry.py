@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from services.retrain.handlers import becomes_champion
 from shared.contracts import ModelEvent
 
 
@@ -71,7 +72,7 @@ def record(data_dir: Path, ev: ModelEvent) -> None:
     meta.update({k: v for k, v in fields.items() if v not in (None, "", {}, [])})
     meta["status"] = ev.event
     _write_json(path, meta)
-    if ev.event in ("promoted", "rolled_back"):
+    if becomes_champion(ev):
         _write_json(root / "champion.json", {"version": ev.version, "since": ev.created_at})
 
 

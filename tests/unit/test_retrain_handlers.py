@@ -192,3 +192,15 @@ def test_only_opened_incidents_trigger_retraining() -> None:
     assert state.pending is None
     opened = alert("o1", version=1).model_copy(update={"status": "opened", "incident_id": "inc1"})
     assert h.on_alert(state, opened).action == "pending" and state.pending.ids == ["drift:o1"]
+
+
+def test_shadow_and_canary_promotions_do_not_change_the_champion() -> None:
+    state = h.ControllerState(champion=1)
+    h.apply_model_event(state, promoted(2).model_copy(update={"strategy": "shadow"}))
+    assert state.champion == 1 and state.max_version == 2
+    h.apply_model_event(state, promoted(2).model_copy(update={"strategy": "canary", "share": 0.1}))
+    assert state.champion == 1
+    h.apply_model_event(state, promoted(2).model_copy(update={"strategy": "full"}))
+    assert state.champion == 2
+    h.apply_model_event(state, promoted(3))  # no strategy: a full promotion
+    assert state.champion == 3
