@@ -167,11 +167,15 @@ def raise_trigger(state: ControllerState, trigger_id: str, since: float | None,
 
 
 def on_alert(state: ControllerState, alert: DriftAlert) -> Decision:
-    trigger_id = f"drift:{alert.alert_id}"
+    """One retrain per incident: the trigger id is the incident's, so its later updates are
+    already handled (or merged). An incident may open on a data-quality finding and become
+    covariate shift a window later, so the first alert of a retrain-worthy kind counts,
+    whether it is the opening one or an update; a resolution never does."""
+    trigger_id = f"drift:{alert.incident_id or alert.alert_id}"
     if trigger_id in state.handled:
         return Decision("skip", f"{trigger_id} already handled")
-    if alert.status != "opened":  # one retrain per incident: its updates and resolution add nothing
-        return Decision("skip", f"{trigger_id}: incident {alert.incident_id} {alert.status}, not a new incident")
+    if alert.status == "resolved":
+        return Decision("skip", f"{trigger_id}: incident resolved")
     if alert.kind not in RETRAIN_KINDS:
         return Decision("skip", f"{trigger_id}: {alert.kind} alerts do not trigger retraining")
     if alert.model_version != state.champion:

@@ -183,15 +183,21 @@ def test_model_events_for_pass_and_fail() -> None:
     assert bad[0].metrics["log_loss"] == 0.2
 
 
-def test_only_opened_incidents_trigger_retraining() -> None:
+def test_one_retrain_per_incident_even_if_it_opens_as_data_quality() -> None:
     state = h.ControllerState(champion=1)
-    for i, status in enumerate(("updated", "resolved")):
-        a = alert(f"u{i}", version=1).model_copy(update={"status": status, "incident_id": "inc1"})
-        d = h.on_alert(state, a)
-        assert d.action == "skip" and status in d.reason
+
+    def inc(alert_id: str, status: str, kind: str) -> DriftAlert:
+        return alert(alert_id, kind=kind, version=1).model_copy(update={"status": status, "incident_id": "inc1"})
+
+    assert h.on_alert(state, inc("a1", "opened", "data_quality")).action == "skip"
     assert state.pending is None
-    opened = alert("o1", version=1).model_copy(update={"status": "opened", "incident_id": "inc1"})
-    assert h.on_alert(state, opened).action == "pending" and state.pending.ids == ["drift:o1"]
+    assert h.on_alert(state, inc("a2", "updated", "data_drift")).action == "pending"
+    assert state.pending.ids == ["drift:inc1"]
+    assert h.on_alert(state, inc("a3", "updated", "concept_drift")).action == "skip"  # already pending
+    assert state.pending.ids == ["drift:inc1"]
+    other = h.ControllerState(champion=1)
+    assert h.on_alert(other, inc("a4", "resolved", "data_drift")).action == "skip"
+    assert other.pending is None
 
 
 def test_shadow_and_canary_promotions_do_not_change_the_champion() -> None:
