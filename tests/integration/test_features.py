@@ -75,6 +75,33 @@ def produce(stack: Stack, events: list[dict[str, Any]], junk: int = 0) -> dict[i
     return asyncio.run(_produce(stack.broker.url, values))
 
 
+class BackgroundFeed(threading.Thread):
+    """Produces ``pool`` 30 events every 0.1 s (so events keep flowing through kills and
+    rebalances) and records what went out and the last offset per partition (Tansu's
+    ListOffsets counts batches, not records, so the producer's offsets are the truth)."""
+
+    def __init__(self, stack: Stack, pool: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.pool = stack, pool
+        self.produced: list[dict[str, Any]] = []
+        self.end: dict[int, int] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        for i in range(0, len(self.pool), 30):
+            if self.halt.is_set():
+                return
+            for part, off in produce(self.stack, self.pool[i:i + 30]).items():
+                self.end[part] = max(self.end.get(part, -1), off)
+            self.produced.extend(self.pool[i:i + 30])
+            time.sleep(0.1)
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.halt.set()
+        self.join()
+        return list(self.produced)
+
+
 def applied(r: redis_sync.Redis) -> dict[int, int]:
     return {int(k): int(v) for k, v in r.hgetall(redis_keys.applied_offsets(SPEC, GROUP)).items()}
 
@@ -130,23 +157,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(stack:
     Kafka commits are rare here, so every restart resumes from the Redis offsets."""
     rng = random.Random(20240611)
     r = redis_sync.Redis.from_url(stack.redis.url)
-    pool = make_events(seed=2, entities=40, per_entity=150, base=time.time() - 12 * 3600)
+    pool = make_events(seed=2, entities=40, per_entity=400, base=time.time() - 12 * 3600)
     env = {"RIVULET_COMMIT_INTERVAL_S": 60, "RIVULET_BATCH_SIZE": 50, **FAST}
     proc = stack.spawn("services.features", **env)
-    produced: list[dict[str, Any]] = []
-    end: dict[int, int] = {}  # partition -> last offset produced (Tansu's ListOffsets is per batch)
-    stop = threading.Event()
-
-    def feed() -> None:  # events keep flowing through every kill and restart
-        for i in range(0, len(pool), 30):
-            if stop.is_set():
-                return
-            for part, off in produce(stack, pool[i:i + 30]).items():
-                end[part] = max(end.get(part, -1), off)
-            produced.extend(pool[i:i + 30])
-            time.sleep(0.1)
-
-    feeder = threading.Thread(target=feed)
+    feeder = BackgroundFeed(stack, pool)
     feeder.start()
     for _ in range(3):
         done = sum(applied(r).values())
@@ -157,11 +171,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(stack:
         assert feeder.is_alive(), "the stream ended before the kill"
         proc = stack.spawn("services.features", **env)
     time.sleep(0.5)
-    stop.set()
-    feeder.join()
-    events = list(produced)
+    events = feeder.finish()
 
-    wait_for(lambda: all_applied(r, end), timeout=60, what="everything applied after the last restart")
+    wait_for(lambda: all_applied(r, feeder.end), timeout=60, what="everything applied after the last restart")
     assert proc.poll() is None
     assert_store_matches_batch_engine(r, events)
     logs = stack.logs()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from shared.spec import default_spec_path, load_spec
 from tests.helpers import Stack, wait_for
 from tests.integration.test_features import (
     FAST,
+    BackgroundFeed,
     SPEC,
     all_applied,
     applied,
@@ -40,20 +40,7 @@ def test_two_workers_share_partitions_and_a_rebalance_keeps_results_exact(stack:
     r = redis_sync.Redis.from_url(stack.redis.url)
     pool = make_events(seed=11, entities=30, per_entity=300, base=time.time() - 12 * 3600)
     first = stack.spawn("services.features", RIVULET_BATCH_SIZE=50, **FAST)
-    produced: list[dict[str, Any]] = []
-    end: dict[int, int] = {}  # partition -> last offset produced (Tansu's ListOffsets is per batch)
-    stop = threading.Event()
-
-    def feed() -> None:
-        for i in range(0, len(pool), 30):
-            if stop.is_set():
-                return
-            for part, off in produce(stack, pool[i:i + 30]).items():
-                end[part] = max(end.get(part, -1), off)
-            produced.extend(pool[i:i + 30])
-            time.sleep(0.1)
-
-    feeder = threading.Thread(target=feed)
+    feeder = BackgroundFeed(stack, pool)
     feeder.start()
     wait_for(lambda: sum(applied(r).values()) > 0, timeout=30, what="first worker progressing")
     second = stack.spawn("services.features", RIVULET_BATCH_SIZE=50, **FAST)
@@ -67,9 +54,8 @@ def test_two_workers_share_partitions_and_a_rebalance_keeps_results_exact(stack:
     wait_for(lambda: any(len(a) == 4 for a in _assigned(log2.read_text())), timeout=30,
              what="the survivor taking over every partition")
     assert feeder.is_alive(), "the stream ended before the rebalances"
-    stop.set()
-    feeder.join()
-    wait_for(lambda: all_applied(r, end), timeout=45, what="everything applied by the survivor")
+    produced = feeder.finish()
+    wait_for(lambda: all_applied(r, feeder.end), timeout=45, what="everything applied by the survivor")
     assert second.poll() is None
     assert_store_matches_batch_engine(r, produced)
 
