@@ -256,6 +256,9 @@ class DriftAlert(Contract):
     status: IncidentStatus = "opened"
     top_features: tuple[DriftedFeature, ...] = ()
     probable_cause: ProbableCause | None = None
+    # Served time from which the data looks changed (start of the first drifted window, or
+    # the concept detector's cut point): retraining on a concept change starts here.
+    change_point_at: float | None = None
 
 
 class TrainingWindow(BaseModel):
