@@ -147,6 +147,20 @@ class RetrainSpec(_Frozen):
     bootstrap: bool = True
 
 
+class RolloutSpec(_Frozen):
+    """Automatic rollout of a candidate that passed the validation gate (services/rollout).
+
+    enabled: the retrain controller announces passing candidates as ``shadow`` and the rollout
+    controller moves them shadow -> canary -> full, or rolls the canary back; disabled: a
+    passing candidate is promoted ``full`` at once."""
+
+    enabled: bool = False
+    shadow_predictions: int = Field(default=500, ge=0)  # shadow-scored requests before canary
+    canary_share: float = Field(default=0.2, gt=0.0, le=1.0)  # sticky share of entities
+    canary_min_labels: int = Field(default=300, ge=1)  # labeled canary predictions before deciding
+    tolerance: float = Field(default=0.02, ge=0.0)  # canary may trail the champion by this much
+
+
 class UseCaseSpec(_Frozen):
     """Everything the services need to know about one use case."""
 
@@ -163,6 +177,7 @@ class UseCaseSpec(_Frozen):
     labels: LabelsSpec = LabelsSpec()
     retrain: RetrainSpec = RetrainSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    rollout: RolloutSpec = RolloutSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> "UseCaseSpec":
