@@ -10,11 +10,18 @@ Starts an embedded broker + Redis and measures, in order:
 (c) freshness at 50% of (b)'s rate: produce time -> ``_written_at`` of the entity's Redis
     hash, p50/p99, over sampled events whose entity has no other event (so the hash was
     written for that event);
-(d) the features process' peak RSS (VmHWM, /proc) and its RSS sampled once a second.
+(d) the features process' peak RSS (VmHWM, /proc) and its RSS sampled once a second;
+    with ``--rss-minutes M``, a further M minutes of paced load at the (c) rate over
+    ``--rss-entities`` distinct entities (default 1M: most are new, so the window cache
+    stays full and Redis grows), RSS sampled every 5 s: "flat" = the last minute's median
+    within 10% of the second minute's.
+
+Also reports the CPU time per event of each process (utime + stime from /proc): on a
+shared, loaded machine that is steadier than the rates, which depend on who else runs.
 
 Writes loadtests/reports/features-<UTC>.json and prints a summary.
 
-    python -m loadtests.features [--events 20000] [--entities 2000] [--duration 15]
+    python -m loadtests.features [--events 50000] [--entities 2000] [--duration 20] [--rss-minutes 10]
 """
 
 from __future__ import annotations
@@ -119,6 +126,12 @@ def wait(predicate: Any, timeout: float, interval: float = 0.005) -> float:
     raise TimeoutError("benchmark condition not reached")
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
@@ -173,14 +186,16 @@ class Bench:
     # -------------------------------------------------------------- phases
     def baseline(self) -> dict[str, Any]:
         asyncio.run(ensure_topics(self.bootstrap, (BENCH_IN, BENCH_OUT)))
-        self.spawn("-m", "loadtests.features", "--baseline-worker", self.bootstrap, "baseline")
+        worker = self.spawn("-m", "loadtests.features", "--baseline-worker", self.bootstrap, "baseline")
         warm = self.events(500, self.args.entities)
         asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, warm))
         wait(lambda: self._out_count() >= 500, 60, 0.05)
         records = self.events(self.args.events, self.args.entities)
+        cpu0 = cpu_s(worker.pid)
         started = asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, records))
         done = wait(lambda: self._out_count() >= 500 + len(records), 300, 0.01)
-        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started)}
+        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
+                "cpu_us_per_event": (cpu_s(worker.pid) - cpu0) / len(records) * 1e6}
 
     def _out_count(self) -> int:
         """Input records the baseline committed (it commits only after its outputs are acked)."""
@@ -191,62 +206,106 @@ class Bench:
         Why not ListOffsets: Tansu answers it per record batch, not per record."""
         return sum(o + 1 for o in applied(self.r).values())
 
-    def system(self, features_pid: int) -> dict[str, Any]:
+    def system(self, pids: dict[str, int]) -> dict[str, Any]:
+        """All events produced up front: the services run flat out until the backlog is gone.
+        ``steady_events_per_s``: applied between 20% and 80% of the run (no start/end effects)."""
         warm = self.events(500, self.args.entities)
         asyncio.run(produce_all(self.bootstrap, "events.raw", warm))
         wait(lambda: self._applied_count() >= 500, 120, 0.05)
         records = self.events(self.args.events, self.args.entities)
+        cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+        progress: list[tuple[float, int]] = []
         started = asyncio.run(produce_all(self.bootstrap, "events.raw", records))
         self.total = 500 + len(records)
-        done = wait(lambda: self._applied_count() >= self.total, 600, 0.005)
-        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
-                "features_rss_kb_after": rss_kb(features_pid)}
 
-    def freshness(self, rate: float) -> dict[str, Any]:
-        """Paced produce at ``rate``; every 20th event is the only event of a fresh entity."""
+        def applied_all() -> bool:
+            progress.append((time.time(), self._applied_count() - 500))
+            return progress[-1][1] >= len(records)
+
+        done = wait(applied_all, 600, 0.05)
+        lo = next(p for p in progress if p[1] >= 0.2 * len(records))
+        hi = next(p for p in progress if p[1] >= 0.8 * len(records))
+        return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
+                "steady_events_per_s": (hi[1] - lo[1]) / max(1e-6, hi[0] - lo[0]),
+                "cpu_us_per_event": {n: (cpu_s(pid) - cpu0[n]) / len(records) * 1e6 for n, pid in pids.items()},
+                "features_rss_kb_after": rss_kb(pids["features"])}
+
+    def freshness(self, rate: float, duration: float, entities: int, tag: str = "fresh") -> dict[str, Any]:
+        """Paced produce at ``rate``; every 20th event is the only event of a fresh entity.
+        ``backlog_at_end``: events not yet applied when the producer stopped (a pipeline
+        with slack has ~0: the latencies are then not queueing behind a backlog)."""
         sampled: dict[str, float] = {}
 
         async def run() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
+            # linger 2 ms: with 0 every record is its own batch, and Tansu (in memory) slows
+            # down as the number of batches grows: a 10-minute run then measured the broker.
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
             await producer.start()
             try:
                 start, i, futures = time.time(), 0, []
-                while time.time() - start < self.args.duration:
+                while time.time() - start < duration:
                     due = start + i / rate
                     if due > time.time():
                         await asyncio.sleep(due - time.time())
                     if i % 20 == 0:
-                        entity = f"fresh-{i}"
+                        entity = f"{tag}-{i}"
                         sampled[entity] = time.time()
                     else:
-                        entity = f"card-{self.rng.randrange(self.args.entities)}"
+                        entity = f"card-{self.rng.randrange(entities)}"
                     futures.append(await producer.send("events.raw", make_event(self.counter, entity, time.time(),
                                                                                  self.rng), key=entity.encode()))
                     self.counter += 1
                     i += 1
+                    if len(futures) >= 5000:
+                        await asyncio.gather(*futures)
+                        futures = []
                 await asyncio.gather(*futures)
                 self.total += i
             finally:
                 await producer.stop()
 
         asyncio.run(run())
-        wait(lambda: self._applied_count() >= self.total, 120, 0.05)
+        backlog = self.total - self._applied_count()
+        ended = time.time()
+        try:
+            wait(lambda: self._applied_count() >= self.total, 900, 0.05)
+        except TimeoutError:
+            pass  # reported as drain_s = None; the latencies of what was applied still count
         lat = []
         for entity, sent in sampled.items():
             written = self.r.hget(redis_keys.features(SPEC, entity), redis_keys.WRITTEN_AT_FIELD)
             if written is not None:
                 lat.append((float(written) - sent) * 1000)
         return {"rate_events_per_s": rate, "samples": len(lat), "missing": len(sampled) - len(lat),
+                "backlog_at_end": backlog,
+                "drain_s": time.time() - ended if self._applied_count() >= self.total else None,
                 "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": max(lat, default=float("nan"))}
 
 
-def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]]) -> None:
+def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]], every: float = 1.0) -> None:
     t0 = time.time()
-    while not stop.wait(1.0):
+    while not stop.wait(every):
         try:
             out.append((round(time.time() - t0, 1), rss_kb(pid)))
         except (OSError, AttributeError):
             return
+
+
+def rss_run(bench: Bench, pid: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """``--rss-minutes`` of paced load over many entities; is the features RSS flat?"""
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    threading.Thread(target=sample_rss, args=(pid, stop, samples, 5.0), daemon=True).start()
+    fresh = bench.freshness(rate, args.rss_minutes * 60, args.rss_entities, tag="rss")
+    stop.set()
+    second = sorted(kb for t, kb in samples if 60 <= t < 120) or [samples[0][1]]
+    last = sorted(kb for t, kb in samples if t >= samples[-1][0] - 60)
+    median = lambda xs: xs[len(xs) // 2]
+    growth = median(last) / median(second) - 1
+    return {"minutes": args.rss_minutes, "entities": args.rss_entities, "rate_events_per_s": rate,
+            "events": fresh["samples"] * 20, "freshness": fresh, "rss_kb_second_minute_median": median(second),
+            "rss_kb_last_minute_median": median(last), "growth": growth, "flat": abs(growth) <= 0.10,
+            "redis_keys": bench.r.dbsize(), "samples_s_kb": samples}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,34 +315,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = bench.baseline()
         for p in bench.procs:
             p.terminate()
-        bench.spawn("-m", "services.ingestion")
+        ingestion = bench.spawn("-m", "services.ingestion")
         features = bench.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6)
         rss: list[tuple[float, int]] = []
         stop = threading.Event()
         threading.Thread(target=sample_rss, args=(features.pid, stop, rss), daemon=True).start()
-        system = bench.system(features.pid)
-        fresh = bench.freshness(system["events_per_s"] * args.load)
+        system = bench.system({"ingestion": ingestion.pid, "features": features.pid})
+        rate = system["steady_events_per_s"] * args.load
+        fresh = bench.freshness(rate, args.duration, args.entities)
         stop.set()
+        rss_rate = system["steady_events_per_s"] * (args.rss_load or args.load)
+        long_run = rss_run(bench, features.pid, rss_rate, args) if args.rss_minutes else None
         peak = rss_kb(features.pid, "VmHWM")
     finally:
         bench.stop()
     ratio = system["events_per_s"] / baseline["events_per_s"]
+    steady = system["steady_events_per_s"] / baseline["events_per_s"]
+    cpu = system["cpu_us_per_event"]
     return {
         "benchmark": "features", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "note": "shared machine, noisy"},
         "params": vars(args), "a_baseline": baseline, "b_system": system, "c_freshness": fresh,
-        "d_features_rss": {"peak_kb": peak, "samples_s_kb": rss},
-        "targets": {"b_over_a": ratio, "b_over_a_target": 0.5, "b_over_a_met": ratio >= 0.5,
+        "d_features_rss": {"peak_kb": peak, "samples_s_kb": rss, "long_run": long_run},
+        "targets": {"b_over_a": ratio, "b_steady_over_a": steady, "b_over_a_target": 0.5,
+                    "b_over_a_met": ratio >= 0.5,
+                    "cpu_per_event_system_over_baseline": (cpu["ingestion"] + cpu["features"])
+                    / baseline["cpu_us_per_event"],
                     "freshness_p99_ms": fresh["p99_ms"], "freshness_p99_target_ms": 50,
-                    "freshness_met": fresh["p99_ms"] <= 50},
+                    "freshness_met": fresh["p99_ms"] <= 50,
+                    "rss_flat": None if long_run is None else long_run["flat"]},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20000, help="events for the throughput phases (a), (b)")
+    parser.add_argument("--events", type=int, default=50000, help="events for the throughput phases (a), (b)")
     parser.add_argument("--entities", type=int, default=2000)
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds of paced load for (c)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of paced load for (c)")
+    parser.add_argument("--rss-minutes", type=float, default=0.0, help="(d) minutes of paced load for RSS over time")
+    parser.add_argument("--rss-entities", type=int, default=1_000_000, help="distinct entities of the RSS run")
+    parser.add_argument("--rss-load", type=float, default=0.0, help="RSS run rate as a fraction of (b) (default: --load)")
     parser.add_argument("--load", type=float, default=0.5, help="(c) rate as a fraction of (b)")
     parser.add_argument("--baseline-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
@@ -297,10 +368,17 @@ def main() -> None:
     t, a, b, c = report["targets"], report["a_baseline"], report["b_system"], report["c_freshness"]
     print(f"(a) baseline raw aiokafka loop : {a['events_per_s']:9.0f} events/s")
     print(f"(b) ingestion+features->Redis  : {b['events_per_s']:9.0f} events/s   (b)/(a) = {t['b_over_a']:.2f}"
-          f" (target >= 0.5: {'met' if t['b_over_a_met'] else 'MISSED'})")
+          f" (target >= 0.5: {'met' if t['b_over_a_met'] else 'MISSED'}); steady {b['steady_events_per_s']:.0f}/s")
+    print(f"    CPU us/event: baseline {a['cpu_us_per_event']:.0f}, ingestion {b['cpu_us_per_event']['ingestion']:.0f},"
+          f" features {b['cpu_us_per_event']['features']:.0f}")
     print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
-          f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples)")
+          f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples,"
+          f" backlog at end {c['backlog_at_end']})")
     print(f"(d) features peak RSS          : {report['d_features_rss']['peak_kb'] / 1024:.1f} MB")
+    if (long := report["d_features_rss"]["long_run"]) is not None:
+        print(f"    {long['minutes']:g} min over {long['entities']} entities: RSS {long['rss_kb_second_minute_median'] / 1024:.1f}"
+              f" MB (2nd minute) -> {long['rss_kb_last_minute_median'] / 1024:.1f} MB (last minute),"
+              f" growth {long['growth']:+.1%}: {'flat' if long['flat'] else 'NOT flat'}; p99 {long['freshness']['p99_ms']:.0f} ms")
     print(f"report: {out}")
 
 

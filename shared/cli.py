@@ -18,11 +18,13 @@ from rich.table import Table
 
 from shared.cli_drift import drift_app
 from shared.cli_models import models_app
+from shared.cli_retrain import retrain_app
 from shared.supervisor import SERVICES, Environment, Supervisor, bootstrap, prepare_environment
 
 app = typer.Typer(add_completion=False, help="Rivulet: a streaming MLOps loop on Kafka + Redis.")
 app.add_typer(models_app, name="models")
 app.add_typer(drift_app, name="drift")
+app.add_typer(retrain_app, name="retrain")
 console = Console()
 DEFAULT_DIR = Path(".rivulet")
 

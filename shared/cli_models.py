@@ -22,14 +22,36 @@ def list_models(data_dir: Path = typer.Option(Path(".rivulet"), envvar="RIVULET_
     from services.retrain.registry import list_versions
 
     table = Table(title=f"models in {data_dir / 'registry'}")
-    for col in ("version", "status", "parent", "trigger", "accuracy", "log_loss"):
+    for col in ("version", "status", "champion", "parent", "policy", "trigger", "rows", "accuracy", "log_loss",
+                "sha256"):
         table.add_column(col)
     for meta in list_versions(data_dir):
-        metrics = meta.get("metrics", {})
-        table.add_row(str(meta.get("version")), str(meta.get("status", "")), str(meta.get("parent")),
-                      str(meta.get("trigger", ""))[:40], f"{metrics.get('accuracy', float('nan')):.3f}",
-                      f"{metrics.get('log_loss', float('nan')):.3f}")
+        metrics, window = meta.get("metrics", {}), meta.get("trained_on") or {}
+        table.add_row(str(meta.get("version")), str(meta.get("status", "")), "*" if meta.get("champion") else "",
+                      str(meta.get("parent")), str(meta.get("policy") or ""), str(meta.get("trigger", ""))[:40],
+                      str(window.get("count", "")), f"{metrics.get('accuracy', float('nan')):.3f}",
+                      f"{metrics.get('log_loss', float('nan')):.3f}", str(meta.get("artifact_sha256") or "")[:12])
     console.print(table)
+
+
+@models_app.command("show")
+def show_model(version: int = typer.Argument(..., help="a registered version"),
+               data_dir: Path = typer.Option(Path(".rivulet"), envvar="RIVULET_DATA_DIR"),
+               profile: bool = typer.Option(False, help="include the reference profile")) -> None:
+    """The full lineage of one version as JSON: artifact sha256, spec and feature-set version,
+    training window (times and offsets), parent, trigger, policy, parameters, seed, code
+    version, validation (holdout, replay, slices, sanity), gate reasons and its history."""
+    import json
+
+    from services.retrain.registry import show_version
+
+    meta = show_version(data_dir, version)
+    if meta is None:
+        console.print(f"version {version} is not in {data_dir / 'registry'}")
+        raise typer.Exit(1)
+    if not profile and meta.get("reference_profile") is not None:
+        meta["reference_profile"] = f"<{meta['reference_profile'].get('count', '?')} rows; --profile shows it>"
+    typer.echo(json.dumps(meta, indent=2, sort_keys=True))
 
 
 STRATEGIES = ("full", "shadow", "canary")

@@ -266,6 +266,14 @@ class TrainingWindow(BaseModel):
     start: float
     end: float
     count: int
+    # Lineage (retrain): where the rows came from. ``offsets``: partition -> [first, last]
+    # offset of ``topic`` among the rows; ``basis`` recent | change_point | since (a request's
+    # start) | stateful (new since the parent's window); ``fallback``: why the window differs.
+    topic: str | None = None
+    offsets: dict[str, tuple[int, int]] | None = None
+    basis: str | None = None
+    since: float | None = None
+    fallback: str | None = None
 
 
 class ModelEvent(Contract):
@@ -291,6 +299,21 @@ class ModelEvent(Contract):
     strategy: Literal["full", "shadow", "canary"] | None = None
     share: float | None = Field(default=None, ge=0.0, le=1.0)
     who: str = ""
+    # ``rolled_back`` that ends a rollout: the challenger it withdraws (``version`` stays champion).
+    withdrawn: int | None = None
+    # Rollout steps: the live labeled metrics behind the decision, per side
+    # ({"challenger": {...}, "champion": {...}}; the stage's own predictions only).
+    evidence: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Lineage of a trained version (retrain): what it was trained from and how it was judged.
+    spec_name: str | None = None
+    spec_hash: str | None = None  # sha256 of the canonical spec JSON
+    feature_set_version: int | None = None
+    policy: Literal["stateless", "stateful"] | None = None
+    params: dict[str, Any] | None = None  # learner and window parameters
+    seed: int | None = None
+    code_version: str | None = None  # "<package version>+<git sha or unknown>"
+    validation: dict[str, Any] | None = None  # holdout, replay, slices, sanity
+    reasons: tuple[str, ...] = ()  # every reason the gate rejected it (empty when it passed)
 
 
 class RetrainRequest(Contract):
@@ -300,6 +323,8 @@ class RetrainRequest(Contract):
     reason: str = "manual"
     requested_at: float
     since: float | None = None
+    mode: Literal["stateless", "stateful"] | None = None  # None: the spec's retrain.on_request
+    who: str = ""
 
 
 class DeadLetter(Contract):
@@ -334,3 +359,7 @@ class DeadLetter(Contract):
             if key in data:
                 data[key] = cast(data[key])
         return cls.model_validate(data)
+
+
+# Defined in its own module (it builds on the contracts above); re-exported here.
+from shared.contracts_retrain import RetrainDecision  # noqa: E402

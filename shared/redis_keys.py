@@ -12,12 +12,16 @@ key                                type    contents
                                            (wall time of the write). TTL = ``entity_ttl``.
                                            /predict reads it in one round trip (a Lua
                                            script returning the hashes as JSON).
-``rv:{fs}:w:{entity}``             string  the entity's window buffer: JSON list of the events
-                                           still inside the longest window (+ allowed lateness);
-                                           the streaming engine recomputes features from it.
-                                           TTL = ``entity_ttl``.
+``rv:{fs}:wh:{entity}``            hash    the entity's window: event_id -> JSON of the (slim)
+                                           event, for the events still inside the longest window
+                                           (+ allowed lateness). Written incrementally (HSET the
+                                           new events, HDEL the expired ones) by the same Lua
+                                           script as the features and offsets. TTL = ``entity_ttl``.
+``rv:{fs}:w:{entity}``             string  window buffer of the first features service (JSON list);
+                                           no longer written.
 ``rv:{fs}:offsets:{group}``        hash    partition -> last offset of ``events.valid`` applied to
-                                           Redis; written in the same MULTI as the features, so a
+                                           Redis; written in the same Lua script as the features
+                                           (which first checks them: compare-and-set), so a
                                            redelivered event is skipped (exactly-once effect).
 ``rv:join:p:{prediction_id}``      string  label join: the prediction record waiting for a label.
 ``rv:join:l:{prediction_id}``      string  label join: the latest label (waits there if it arrived first).
@@ -80,6 +84,10 @@ def features(spec: UseCaseSpec, entity_id: str) -> str:
 
 def window_buffer(spec: UseCaseSpec, entity_id: str) -> str:
     return f"{PREFIX}:{feature_set(spec)}:w:{entity_id}"
+
+
+def window_events(spec: UseCaseSpec, entity_id: str) -> str:
+    return f"{PREFIX}:{feature_set(spec)}:wh:{entity_id}"
 
 
 def applied_offsets(spec: UseCaseSpec, group: str) -> str:

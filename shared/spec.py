@@ -65,13 +65,24 @@ class FeatureSpec(_Frozen):
     agg: Agg
     field: str | None = None
     window: Duration
-    kind: Literal["sliding"] = "sliding"
+    # sliding: (at - window, at]; hopping: the last window/hop buckets of a hop grid, the
+    # current one included; tumbling: the aligned bucket of length window containing `at`.
+    kind: Literal["sliding", "hopping", "tumbling"] = "sliding"
+    hop: Duration | None = None  # hopping only; window must be a multiple of it
     default: float | None = None
 
     @model_validator(mode="after")
-    def _field_needed(self) -> "FeatureSpec":
+    def _field_needed(self) -> FeatureSpec:
         if self.agg not in ("count", "time_since_last") and not self.field:
             raise ValueError(f"feature {self.name}: agg {self.agg} needs a field")
+        if self.window <= 0:
+            raise ValueError(f"feature {self.name}: window must be positive")
+        if (self.kind == "hopping") != (self.hop is not None):
+            raise ValueError(f"feature {self.name}: hop is required for (and only for) kind hopping")
+        if self.hop is not None:
+            steps = self.window / self.hop if self.hop > 0 else 0.0
+            if self.hop <= 0 or steps < 1 or abs(steps - round(steps)) > 1e-9:
+                raise ValueError(f"feature {self.name}: window must be a positive multiple of hop")
         return self
 
 
@@ -86,16 +97,25 @@ class BaselineSpec(_Frozen):
 
 
 class LearnerSpec(_Frozen):
-    kind: Literal["logistic_regression", "hoeffding_adaptive_tree"] = "logistic_regression"
+    kind: Literal["logistic_regression", "hoeffding_adaptive_tree", "hoeffding_tree",
+                  "adaptive_random_forest"] = "logistic_regression"
     learning_rate: float = 0.05
     l2: float = 0.0
     epochs: int = 3
     seed: int = 42
     log_numeric: bool = False  # log1p(max(x, 0)) before scaling: for non-negative, heavy-tailed inputs
+    # Tree kinds only; None = River's default. A small grace period and a looser split
+    # confidence let a tree retrained on a short post-change window grow in time.
+    grace_period: int | None = Field(default=None, ge=1)
+    split_delta: float | None = Field(default=None, gt=0, lt=1)
+    n_models: int = Field(default=5, ge=1)  # adaptive_random_forest: trees in the forest
+
+
+TaskKind = Literal["binary", "regression"]
 
 
 class ModelSpec(_Frozen):
-    task: Literal["binary"] = "binary"
+    task: TaskKind = "binary"  # regression: score = the predicted value, actual = a number
     threshold: float = 0.5
     numeric: tuple[str, ...]
     categorical: tuple[str, ...] = ()
@@ -121,6 +141,12 @@ class DriftSpec(_Frozen):
     adwin_delta: float = 1e-4  # river.drift.ADWIN on the champion's 0/1 error stream
     ph_threshold: float = 200.0  # river.drift.PageHinkley (mode "up") on the same stream
     ph_delta: float = 0.01
+    # Effect-size floors: a significant difference smaller than this is not a finding.
+    min_effect_sigma: float = Field(default=0.1, ge=0)  # numeric/score: Wasserstein / reference sd
+    min_effect_js: float = Field(default=0.03, ge=0)  # categorical: Jensen-Shannon distance
+    # Self-reference: chunks of the first predictions tested for homogeneity; an unsettled
+    # start (warm-up traffic) is dropped, up to this many times reference_size predictions.
+    reference_max_burn_in: float = Field(default=5.0, ge=0)
 
 
 class LabelsSpec(_Frozen):
@@ -138,6 +164,35 @@ class MonitoringSpec(_Frozen):
     min_labels: int = 50  # below this many labels, accuracy is estimated from scores
 
 
+Severity = Literal["low", "medium", "high"]
+TrainMode = Literal["stateless", "stateful"]
+WindowBasis = Literal["recent", "change_point"]
+
+
+class DriftRule(_Frozen):
+    """How the retrain controller answers a drift incident: the first rule whose ``kinds``
+    contain the alert's kind and whose ``min_severity`` the alert reaches wins; no rule ->
+    the alert is skipped (reason ``policy``). ``mode`` "skip" declares that explicitly."""
+
+    kinds: tuple[Literal["data_drift", "prediction_drift", "concept_drift", "data_quality"], ...]
+    min_severity: Severity = "low"
+    mode: Literal["stateless", "stateful", "skip"] = "stateless"
+    # change_point: train on rows served from the alert's change point (don't learn the old
+    # concept); recent: the most recent ``window`` rows (stateful: those new since the champion)
+    window: WindowBasis = "change_point"
+
+
+class TriggerPolicy(_Frozen):
+    """Training mode and window of one trigger kind (performance, schedule, new labels, manual)."""
+
+    mode: TrainMode = "stateful"
+    window: WindowBasis = "recent"
+
+
+def _default_drift_rules() -> tuple[DriftRule, ...]:
+    return (DriftRule(kinds=("data_drift", "prediction_drift", "concept_drift")),)
+
+
 class RetrainSpec(_Frozen):
     primary_metric: Literal["accuracy", "log_loss", "f1"] = "log_loss"
     min_labels: int = 600
@@ -145,6 +200,29 @@ class RetrainSpec(_Frozen):
     holdout_fraction: float = 0.25
     margin: float = 0.0
     bootstrap: bool = True
+    # -- triggers (services/retrain; every decision is a record on retrain.decisions) --------
+    drift_rules: tuple[DriftRule, ...] = Field(default_factory=_default_drift_rules)
+    # measured (not estimated) champion performance on primary_metric worse than this floor
+    # (log_loss: above it) over at least performance_min_labels labels; None: off
+    performance_floor: float | None = None
+    performance_min_labels: int = Field(default=200, ge=1)
+    on_performance: TriggerPolicy = TriggerPolicy(mode="stateless")
+    schedule: Duration | None = None  # retrain every this long (None: off)
+    on_schedule: TriggerPolicy = TriggerPolicy()
+    new_labels: int = Field(default=0, ge=0)  # retrain after this many labels newer than the champion's window (0: off)
+    on_new_labels: TriggerPolicy = TriggerPolicy()
+    on_request: TriggerPolicy = TriggerPolicy(mode="stateless")  # `rivulet retrain` (--mode overrides)
+    # -- guards -----------------------------------------------------------------------------
+    budget_per_hour: int = Field(default=6, ge=0)  # trainings started per rolling hour (0: unlimited)
+    # a change-point window shorter than this is extended back to the most recent window_min
+    # rows (None: min_labels); the trigger first waits up to change_point_max_wait for them
+    window_min: int | None = Field(default=None, ge=1)
+    change_point_max_wait: Duration = 3600.0
+    # -- validation gate (holdout AND replay of recorded traffic, per slice, sanity) ----------
+    replay_min_rows: int = Field(default=50, ge=1)  # a smaller replay is reported, not gated on
+    slice_tolerance: float = Field(default=0.05, ge=0.0)  # a slice may be this much worse
+    slice_min_rows: int = Field(default=50, ge=1)  # smaller slices are reported, not gated on
+    min_score_std: float = Field(default=1e-4, ge=0.0)  # below: score distribution collapsed
 
 
 class RolloutSpec(_Frozen):
@@ -159,6 +237,18 @@ class RolloutSpec(_Frozen):
     canary_share: float = Field(default=0.2, gt=0.0, le=1.0)  # sticky share of entities
     canary_min_labels: int = Field(default=300, ge=1)  # labeled canary predictions before deciding
     tolerance: float = Field(default=0.02, ge=0.0)  # canary may trail the champion by this much
+    # Labeled shadow predictions (paired with the champion's answer to the same request)
+    # needed before the shadow verdict; 0 = decide on whatever is labeled at that point.
+    shadow_min_labels: int = Field(default=100, ge=0)
+    # Longest a candidate may stay in shadow or in canary (e.g. no traffic or no labels);
+    # then ``on_timeout``: roll it back (champion unchanged), or advance it unless the
+    # labels seen so far show it worse beyond ``tolerance``.
+    stage_timeout: Duration = Field(default=1800.0, gt=0)
+    on_timeout: Literal["rollback", "promote"] = "rollback"
+    # A difference counts only when significant at this many standard errors (1.64: about
+    # 95 % one-sided), so a few hundred noisy labels neither promote nor roll back by chance.
+    # 0: compare point estimates.
+    confidence_z: float = Field(default=1.64, ge=0.0)
 
 
 class UseCaseSpec(_Frozen):
@@ -180,7 +270,7 @@ class UseCaseSpec(_Frozen):
     rollout: RolloutSpec = RolloutSpec()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "UseCaseSpec":
+    def _consistent(self) -> UseCaseSpec:
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("feature names must be unique")

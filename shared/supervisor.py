@@ -24,6 +24,7 @@ log = logging.getLogger("rivulet")
 
 SERVICES: tuple[str, ...] = (
     "ingestion", "features", "serving", "prediction_log", "label_join", "performance", "drift", "retrain",
+    "rollout",
 )
 COLOURS = ("cyan", "green", "magenta", "yellow", "blue", "red", "white", "bright_cyan")
 

@@ -40,6 +40,7 @@ RETRAIN_REQUESTS = Topic("retrain.requests", c.RetrainRequest, "request_id", 1, 
 LABELS_MISSING = Topic("labels.missing", c.LabelMissing, "prediction_id", 4, public=True)
 LABELS_UNMATCHED = Topic("labels.unmatched", c.UnmatchedLabel, "prediction_id", 1, public=True)
 METRICS = Topic("metrics", c.MetricsRecord, "model_version[:slice]", 1, public=True)
+RETRAIN_DECISIONS = Topic("retrain.decisions", c.RetrainDecision, "trigger", 1, public=True)
 
 CATALOG: tuple[Topic, ...] = (
     EVENTS_RAW,
@@ -57,6 +58,7 @@ CATALOG: tuple[Topic, ...] = (
     LABELS_MISSING,
     LABELS_UNMATCHED,
     METRICS,
+    RETRAIN_DECISIONS,
 )
 
 BY_NAME: dict[str, Topic] = {t.name: t for t in CATALOG}

@@ -150,8 +150,8 @@ class DriftService:
             event = handlers.parse(r.topic, r.value)
             if isinstance(event, ModelEvent):
                 self.monitor.apply_model_event(event)
-                if event.event == "promoted":
-                    self._supersede(event.version)
+                if event.event == "promoted" and event.strategy in (None, "full"):
+                    self._supersede(event.version)  # a shadow or canary does not replace the champion
 
     def _supersede(self, version: int) -> None:
         """A newer promoted version: incidents of older versions are resolved (they no longer serve)."""

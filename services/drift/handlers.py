@@ -49,6 +49,8 @@ class Reference:
     missing_rate: dict[str, float] = field(default_factory=dict)
 
     sds: dict[str, float] = field(default_factory=dict)  # "" = score
+    # Significant lag-1 autocorrelation of each sample in its recorded (time) order; "" = score.
+    rho: dict[str, float] = field(default_factory=dict)
 
     def sd(self, name: str | None) -> float:
         """Standard deviation of a numeric reference (score if ``name`` is None); 1 if 0."""
@@ -58,10 +60,14 @@ class Reference:
     def from_profile(cls, profile: Mapping[str, Any]) -> Reference:
         """Tolerant of a malformed or older profile: bad entries are dropped (that test
         or effect size is skipped)."""
-        def arr(vals: Any) -> np.ndarray:
+        rho: dict[str, float] = {}
+
+        def arr(vals: Any, key: str) -> np.ndarray:
             vals = vals if isinstance(vals, list) else []
-            return np.sort(np.array([x for x in (numeric_value(v) for v in vals) if x is not None]))
-        numeric = {str(k): arr(v) for k, v in (profile.get("numeric") or {}).items() if isinstance(v, list)}
+            ordered = np.array([x for x in (numeric_value(v) for v in vals) if x is not None])
+            rho[key] = stats.serial_correlation(ordered)
+            return np.sort(ordered)
+        numeric = {str(k): arr(v, str(k)) for k, v in (profile.get("numeric") or {}).items() if isinstance(v, list)}
         categorical = {
             str(k): {str(c): int(n) for c, n in freqs.items() if numeric_value(n) is not None and n > 0}
             for k, freqs in (profile.get("categorical") or {}).items() if isinstance(freqs, dict)
@@ -74,14 +80,14 @@ class Reference:
         rows = numeric_value(profile.get("rows")) or 0.0
         missing = {str(k): float(v) / rows for k, v in (profile.get("missing") or {}).items()
                    if rows > 0 and numeric_value(v) is not None}
-        score = arr(profile.get("score"))
+        score = arr(profile.get("score"), "")
         sds = {k: float(np.std(v)) or 1.0 for k, v in [*numeric.items(), ("", score)] if v.size}
-        return cls(numeric, categorical, score, bins, missing, sds)
+        return cls(numeric, categorical, score, bins, missing, sds, rho)
 
 
 @dataclass(frozen=True)
 class WindowView:
-    """One evaluation window, column-wise. Numeric: NaN = missing, inf = non-finite."""
+    """One evaluation window, column-wise, oldest first. Numeric: NaN = missing, inf = non-finite."""
 
     span: AlertWindow
     numeric: dict[str, np.ndarray]
@@ -105,6 +111,7 @@ class Outcome:
     critical: float | None = None  # the statistic's critical value at the threshold (KS)
     effects: tuple[tuple[str, float], ...] = ()  # psi, wasserstein_sigma, js (effect sizes)
     flagged: bool = False  # a rule (not a test) crossed its limit
+    change_at: float | None = None  # concept detectors: served time from which the change shows
 
     @property
     def key(self) -> str:
@@ -176,18 +183,28 @@ def evaluate(view: WindowView, ref: Reference, spec: UseCaseSpec) -> tuple[list[
 
 
 def _numeric(name: str | None, window: np.ndarray, ref: Reference, threshold: float) -> list[Outcome]:
+    """KS decides; with serial correlation (window or reference) the p-value uses the
+    effective sizes n(1-rho)/(1+rho), since the iid p-value would be far too small."""
     reference = ref.numeric.get(name, np.empty(0)) if name else ref.score
     if min(window.size, reference.size) < MIN_SAMPLES:
         return []
+    rho_w, rho_r = stats.serial_correlation(window), ref.rho.get(name or "", 0.0)
     window = np.sort(window)
     d, w = stats.ks_and_wasserstein(window, reference)
-    critical = stats.ks_critical(window.size, reference.size, threshold)
-    p = stats.ks_test(window, reference).p_value if d >= KS_SCREEN * critical else None
     effects = [("wasserstein_sigma", w / ref.sd(name))]
     edges, counts = ref.bins.get(name or "", ([], []))
     if counts:
         effects.append(("psi", stats.psi_numeric(window, edges, counts)))
     detail = f"median {_median(window):.4g} in window vs {_median(reference):.4g} in reference"
+    if rho_w or rho_r:
+        n_eff, m_eff = stats.effective_size(window.size, rho_w), stats.effective_size(reference.size, rho_r)
+        critical = stats.ks_critical(round(n_eff), round(m_eff), threshold)
+        p = stats.ks_pvalue_effective(d, n_eff, m_eff) if d >= KS_SCREEN * critical else None
+        effects.append(("n_eff", n_eff))
+        detail += f"; autocorrelated (lag-1 {rho_w:.2f} window, {rho_r:.2f} reference): effective n {n_eff:.0f}"
+    else:
+        critical = stats.ks_critical(window.size, reference.size, threshold)
+        p = stats.ks_test(window, reference).p_value if d >= KS_SCREEN * critical else None
     kind = "data_drift" if name else "prediction_drift"
     return [Outcome(kind, name, "ks", d, p, detail, critical, tuple(effects))]
 
@@ -198,11 +215,11 @@ def _median(sorted_values: np.ndarray) -> float:
 
 
 def _categorical(name: str, present: list[str], known: dict[str, int], threshold: float) -> list[Outcome]:
-    result = stats.chi2_test(present, known)
+    counts = Counter(present)
+    result = stats.chi2_counts(counts, known)
     if result is None or len(present) < MIN_SAMPLES:
         return []
-    counts = Counter(present)
-    cat, now, before = stats.largest_shift(present, known)
+    cat, now, before = stats.largest_shift_counts(counts, known)
     new = "" if cat in known else " (new category)"
     detail = f"largest change: {cat!r} {now:.1%} of window vs {before:.1%} in reference{new}"
     effects = (("psi", stats.psi_categorical(counts, known)), ("js", stats.jensen_shannon(counts, known)))
@@ -232,10 +249,24 @@ def _quality(name: str, bad: int, n: int, ref_rate: float, why: str, spec: UseCa
                    f"{why} of {n} (reference {ref_rate:.1%}, tolerated {tolerated:.1%})")
 
 
-def decide(outcomes: list[Outcome], threshold: float, version: int, window: AlertWindow) -> list[Finding]:
-    """A finding where p < threshold, or where a rule flagged."""
+def decide(outcomes: list[Outcome], threshold: float, version: int, window: AlertWindow,
+           spec: UseCaseSpec | None = None) -> list[Finding]:
+    """A finding where p < threshold AND the effect is material, or where a rule flagged."""
     return [Finding(version, o, threshold, window) for o in outcomes
-            if o.flagged or (o.p_value is not None and o.p_value < threshold)]
+            if o.flagged or (o.p_value is not None and o.p_value < threshold and material(o, spec))]
+
+
+def material(o: Outcome, spec: UseCaseSpec | None) -> bool:
+    """Effect-size floor: with big windows a statistically significant but negligible
+    difference (a Wasserstein shift below ``min_effect_sigma`` reference sd, a Jensen-Shannon
+    distance below ``min_effect_js``) must not page anyone."""
+    if spec is None:
+        return True
+    if o.test == "ks":
+        return (o.effect("wasserstein_sigma") or 0.0) >= spec.drift.min_effect_sigma
+    if o.test == "chi2":
+        return (o.effect("js") or 0.0) >= spec.drift.min_effect_js
+    return True
 
 
 def accuracy_outcome(correct: int, n: int, validation_accuracy: float,

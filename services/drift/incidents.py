@@ -44,6 +44,9 @@ class Incident:
     severity: str
     causes: list[str]  # probable causes reported, latest last
     clean: int = 0  # consecutive clean evaluations
+    # Served time from which the data looks changed (DriftAlert.change_point_at).
+    change_point_at: float | None = None
+    concept_point: bool = False  # change_point_at comes from a concept detector
 
 
 @dataclass
@@ -126,6 +129,7 @@ def observe(tr: Tracker, ev: Evaluation, spec: UseCaseSpec, now: float,
         tr.incident = inc = Incident(new_id(), ev.model_version, now, _summary(top[0]), [],
                                      severity(ev.findings), [probable_cause(ev.findings)])
         inc.seen = [f.outcome.key for f in ev.findings]
+        _change_point(inc, ev.findings)
         return [_alert(inc, "opened", top, ev.span, now)]
     inc.clean = 0
     new_keys = [f.outcome.key for f in ev.findings if f.outcome.key not in inc.seen]
@@ -133,6 +137,7 @@ def observe(tr: Tracker, ev: Evaluation, spec: UseCaseSpec, now: float,
     if not new_keys and RANK[sev] <= RANK[inc.severity] and cause in inc.causes:
         return []
     inc.seen += new_keys
+    _change_point(inc, ev.findings)
     inc.severity = sev if RANK[sev] > RANK[inc.severity] else inc.severity
     if cause not in inc.causes:
         inc.causes.append(cause)
@@ -160,6 +165,21 @@ def resolve(tr: Tracker, span: AlertWindow, now: float, why: str) -> list[DriftA
     return [_alert(inc, "resolved", [], span, now, why)]
 
 
+def _change_point(inc: Incident, findings: list[Finding]) -> None:
+    """Data/prediction drift: where the first drifted window's drifting columns changed
+    (rank CUSUM split, else the window's start). Concept
+    drift: the detector's cut point (the first labeled prediction after ADWIN's cut,
+    Page-Hinkley's minimum, the failing accuracy window's start); it wins, since a model
+    retrained after a concept change must learn from there."""
+    concept = [f.outcome.change_at for f in findings
+               if f.outcome.kind == "concept_drift" and f.outcome.change_at is not None]
+    if concept and (not inc.concept_point or min(concept) < (inc.change_point_at or math.inf)):
+        inc.change_point_at, inc.concept_point = min(concept), True
+    elif inc.change_point_at is None:
+        located = [f.outcome.change_at for f in findings if f.outcome.change_at is not None]
+        inc.change_point_at = min(located) if located else min(f.window.start for f in findings)
+
+
 def _summary(f: Finding) -> dict[str, Any]:
     o = f.outcome
     threshold = f.threshold if o.p_value is not None else (o.critical if o.critical is not None else 0.0)
@@ -185,4 +205,5 @@ def _alert(inc: Incident, status: str, top: list[Finding], span: AlertWindow, no
         detected_at=now, severity=inc.severity,  # type: ignore[arg-type]
         message=message, incident_id=inc.incident_id, status=status,  # type: ignore[arg-type]
         top_features=feats, probable_cause=cause,  # type: ignore[arg-type]
+        change_point_at=inc.change_point_at,
     )

@@ -9,7 +9,11 @@
   those predictions are not tested. The caller persists self-references.
 * Labeled champion predictions feed, per version with a validation accuracy, the 0/1
   error stream to ``river.drift.ADWIN`` and ``river.drift.PageHinkley`` (increases only),
-  and tumbling windows of ``spec.drift.accuracy_window`` to the accuracy-drop test.
+  and tumbling windows of ``spec.drift.accuracy_window`` to the accuracy-drop test. Its
+  reference pools the validation accuracy (weighted by its holdout size) with the version's
+  own first windows that did not fire (up to ``reference_size`` labels), taken at its lower
+  confidence bound: a small holdout alone is too noisy a yardstick (one row of an 80-row
+  holdout is 1.25 points).
   A concept finding stays active until one window of predictions has been served after
   the last firing (so the incident logic sees it in the next evaluations).
 * Dead letters (``events.dlq``) are counted by time and set against each window's span.
@@ -21,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from river import drift as river_drift
 
-from services.drift import handlers
+from services.drift import handlers, stats
 from services.drift.handlers import Finding, Outcome, Reference, WindowView
 from shared.contracts import (
     AlertWindow,
@@ -42,6 +46,10 @@ from shared.spec import UseCaseSpec
 log = logging.getLogger(__name__)
 RECENT_IDS = 20_000
 MAX_DEAD_LETTERS = 200_000
+MAX_LABELED_TIMES = 100_000  # served times of the last labeled predictions (ADWIN's cut point)
+REFERENCE_CHUNKS = 4  # self-reference check: the first quarter is tested against the rest
+REFERENCE_Z = 1.645  # accuracy reference: one-sided 95 % lower bound
+REFERENCE_ALPHA = 0.01  # family-wise: a false "unsettled" only costs one more chunk of waiting
 
 
 class Seen:
@@ -77,12 +85,34 @@ class Ring:
         self.score[i], self.at[i], self.degraded[i] = rec.score, rec.served_at, bool(rec.degraded)
         self.pos, self.filled = (i + 1) % self.size, min(self.size, self.filled + 1)
 
-    def view(self, dead_letters: int) -> WindowView:
+    def change_point(self, column: str | None) -> float | None:
+        """Served time where the window's values of ``column`` (None: the score) change most:
+        the split of a rank CUSUM over the window in served-time order. A drifted window is
+        usually part old, part new data, so its start is too early a change point."""
         n = self.filled
+        order = np.argsort(self.at[:n], kind="stable")
+        if column is None:
+            values = self.score[:n][order]
+        elif column in self.spec.model.numeric:
+            values = self.num[:n, self.spec.model.numeric.index(column)][order]
+        else:
+            return None
+        ok = np.isfinite(values)
+        if ok.sum() < 20:
+            return None
+        values, times = values[ok], self.at[:n][order][ok]
+        ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(float)
+        cusum = np.cumsum(ranks - ranks.mean())[:-1]
+        return float(times[int(np.argmax(np.abs(cusum))) + 1])
+
+    def view(self, dead_letters: int) -> WindowView:
+        """Oldest first (serial correlation is measured in arrival order)."""
+        n = self.filled
+        idx = np.r_[self.pos:n, 0:self.pos] if n == self.size else np.arange(n)
         span = AlertWindow(start=float(self.at[:n].min()), end=float(self.at[:n].max()), count=n)
-        numeric = {name: self.num[:n, j] for j, name in enumerate(self.spec.model.numeric)}
-        categorical = {name: list(self.cat[:n, j]) for j, name in enumerate(self.spec.model.categorical)}
-        return WindowView(span, numeric, categorical, self.score[:n].copy(), int(self.degraded[:n].sum()),
+        numeric = {name: self.num[idx, j] for j, name in enumerate(self.spec.model.numeric)}
+        categorical = {name: list(self.cat[idx, j]) for j, name in enumerate(self.spec.model.categorical)}
+        return WindowView(span, numeric, categorical, self.score[idx], int(self.degraded[:n].sum()),
                           dead_letters)
 
 
@@ -111,6 +141,9 @@ class VersionState:
     promoted: bool = False
     announced: bool = False  # reference came from a promoted event (wins over self-reference)
     accuracy: float | None = None
+    holdout_n: float = 0.0  # rows behind ``accuracy`` (its weight in the pooled reference)
+    live_hits: int = 0  # correct / labeled champion predictions pooled into the reference
+    live_n: int = 0
     bootstrap: list[PredictionRecord] = field(default_factory=list)
     ring: Ring | None = None
     since_eval: int = 0
@@ -120,6 +153,10 @@ class VersionState:
     detectors: dict[str, Any] = field(default_factory=dict)
     concept: dict[str, Outcome] = field(default_factory=dict)  # by test, latest firing
     concept_left: int = 0  # predictions for which the concept findings stay active
+    burned_in: int = 0  # self-reference: unsettled first predictions dropped so far
+    # (served_at, error) of the last labeled predictions: where a concept change shows.
+    errors: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_LABELED_TIMES))
+    ph_since: int = 0  # labeled predictions since Page-Hinkley last fired
 
 
 class DriftMonitor:
@@ -134,7 +171,10 @@ class DriftMonitor:
         self.windows_tested = 0
 
     def _state(self, version: int) -> VersionState:
-        return self.versions.setdefault(version, VersionState())
+        st = self.versions.get(version)
+        if st is None:
+            st = self.versions[version] = VersionState()
+        return st
 
     def knows(self, version: int) -> bool:
         st = self.versions.get(version)
@@ -150,6 +190,7 @@ class DriftMonitor:
             st.reference, st.announced, st.bootstrap = Reference.from_profile(event.reference_profile), True, []
         accuracy = event.metrics.get("accuracy")
         st.accuracy = float(accuracy) if accuracy is not None else None
+        st.holdout_n = float(event.metrics.get("count") or self.spec.drift.accuracy_window)
 
     def load_self_reference(self, version: int, profile: dict[str, Any]) -> None:
         st = self._state(version)
@@ -196,18 +237,38 @@ class DriftMonitor:
         outcomes, threshold = handlers.evaluate(view, st.reference, self.spec)
         if st.concept_left > 0:
             outcomes.extend(st.concept.values())
-        found = handlers.decide(outcomes, threshold, version, view.span)
+        found = [self._located(f, st.ring) for f in handlers.decide(outcomes, threshold, version, view.span, self.spec)]
         self.windows_tested += 1
         if found:
             log.info("v%d window %.0f..%.0f: %d finding(s): %s", version, view.span.start, view.span.end,
                      len(found), ", ".join(f.outcome.key for f in found))
         return Evaluation(version, view.span, threshold, outcomes, found)
 
+    @staticmethod
+    def _located(f: Finding, ring: Ring) -> Finding:
+        """A KS finding gets the served time where its column changed (see Ring.change_point)."""
+        if f.outcome.test != "ks" or f.outcome.change_at is not None:
+            return f
+        at = ring.change_point(f.outcome.feature)
+        return f if at is None else replace(f, outcome=replace(f.outcome, change_at=at))
+
     def _bootstrap(self, rec: PredictionRecord, st: VersionState) -> None:
+        """Collect ``reference_size`` predictions whose chunks agree with each other: a
+        reference caught during a transient (warm-up traffic, features still loading)
+        would make every later window look drifted, so an unsettled start is dropped
+        (up to ``reference_max_burn_in`` x reference_size predictions, then accepted)."""
         st.bootstrap.append(rec)
-        if len(st.bootstrap) < self.spec.drift.reference_size:
+        d = self.spec.drift
+        if len(st.bootstrap) < d.reference_size:
             return
         rows = st.bootstrap
+        if st.burned_in < d.reference_max_burn_in * d.reference_size:
+            cut, why = reference_settled(rows, self.spec)
+            if cut:
+                st.bootstrap, st.burned_in = rows[cut:], st.burned_in + cut
+                log.info("v%d self-reference: dropped %d unsettled first predictions (%s)",
+                         rec.model_version, cut, why)
+                return
         profile = build_profile([r.features for r in rows], [r.score for r in rows], self.spec,
                                 size=self.spec.drift.reference_size)
         st.reference, st.bootstrap = Reference.from_profile(profile), []
@@ -222,14 +283,18 @@ class DriftMonitor:
             return []
         error = float((rec.score >= rec.threshold) != bool(rec.actual))
         span = AlertWindow(start=rec.served_at, end=rec.served_at, count=1)
+        st.errors.append((rec.served_at, error))
+        st.ph_since += 1
         fired = [o for o in (self._detect(st, name, error) for name in ("adwin", "page_hinkley")) if o]
         st.labeled.append(error == 0.0)
         if len(st.labeled) >= self.spec.drift.accuracy_window:
             d, rows = self.spec.drift, st.labeled
             st.labeled = []
             alpha = min(d.alpha, d.false_alarms_per_100k * len(rows) / 100_000)
-            acc = handlers.accuracy_outcome(sum(rows), len(rows), st.accuracy, d.accuracy_drop, alpha)
-            fired += [replace(acc, flagged=True)] if acc else []
+            acc = handlers.accuracy_outcome(sum(rows), len(rows), reference_accuracy(st), d.accuracy_drop, alpha)
+            fired += [replace(acc, flagged=True, change_at=change_point(st.errors, len(rows)))] if acc else []
+            if acc is None and st.live_n < d.reference_size:  # a window that fired is the drop, not the yardstick
+                st.live_hits, st.live_n = st.live_hits + sum(rows), st.live_n + len(rows)
         if fired:
             st.concept.update({o.test: o for o in fired})
             st.concept_left = self.spec.drift.window
@@ -249,13 +314,68 @@ class DriftMonitor:
             after = det.estimation
             if before is None or after <= before:
                 return None  # the error rate fell: not a degradation
+            # The change lies within what ADWIN kept after its cut (its buckets are coarse).
+            cut = change_point(st.errors, int(getattr(det, "width", 0) or 0))
             return Outcome("concept_drift", None, "adwin", after, None,
                            f"error rate moved {before:.3f} -> {after:.3f} (ADWIN, delta {d.adwin_delta:g})",
-                           flagged=True)
+                           flagged=True, change_at=cut)
+        cut, st.ph_since = change_point(st.errors, st.ph_since), 0
         return Outcome("concept_drift", None, "page_hinkley", error, None,
                        f"error stream rose above its running mean (Page-Hinkley, threshold {d.ph_threshold:g})",
-                       flagged=True)
+                       flagged=True, change_at=cut)
 
     def take_self_references(self) -> dict[int, dict[str, Any]]:
         out, self.new_self_references = self.new_self_references, {}
         return out
+
+
+def reference_accuracy(st: VersionState, z: float = REFERENCE_Z) -> float:
+    """The accuracy-drop test's yardstick: the Wilson lower bound of the validation accuracy
+    pooled with the version's first live windows (see the module docstring). A lower bound,
+    because the test treats its reference as exact: a lucky 30-row holdout at 1.0 must not
+    make a 0.95 model look drifted; the bound tightens as live labels pool in."""
+    assert st.accuracy is not None
+    n = st.holdout_n + st.live_n
+    if n <= 0:
+        return st.accuracy
+    p = min(1.0, max(0.0, (st.accuracy * st.holdout_n + st.live_hits) / n))
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def change_point(errors: deque[tuple[float, float]], last: int) -> float:
+    """Served time of the first labeled prediction after the most likely change of the
+    error rate among the ``last`` ones (all if 0 or more than kept)."""
+    tail = list(errors)[-last:] if 0 < last <= len(errors) else list(errors)
+    return tail[stats.mean_shift_point([e for _, e in tail])][0]
+
+
+def reference_settled(rows: list[PredictionRecord], spec: UseCaseSpec) -> tuple[int, str]:
+    """(first predictions to drop, why): the first of REFERENCE_CHUNKS chunks is tested
+    against the later ones (KS on every numeric input and the score, with effective sizes
+    under serial correlation; chi-square on every categorical input and on numeric
+    missingness). A start-up transient (warm-up requests, features still loading) shows
+    as a first chunk unlike the rest: it is dropped. (0, "") when the start looks settled."""
+    size = len(rows) // REFERENCE_CHUNKS
+    cols = {name: np.array([_num(r.features.get(name)) for r in rows]) for name in spec.model.numeric}
+    cols["score"] = np.array([r.score for r in rows], dtype=float)
+    cats = {name: [category_value(r.features.get(name)) or "<missing>" for r in rows]
+            for name in spec.model.categorical}
+    cats.update({f"{name} missing": ["missing" if math.isnan(v) else "present" for v in col]
+                 for name, col in cols.items() if np.isnan(col).any()})
+    alpha = REFERENCE_ALPHA / (len(cols) + len(cats))
+    for name, col in cols.items():
+        first, rest = col[:size], col[size:]
+        rho = stats.serial_correlation(rest)
+        first, rest = np.sort(first[np.isfinite(first)]), np.sort(rest[np.isfinite(rest)])
+        if min(first.size, rest.size) < handlers.MIN_SAMPLES:
+            continue
+        d = stats.ks_statistic(first, rest)
+        if stats.ks_pvalue_effective(d, stats.effective_size(first.size, rho),
+                                     stats.effective_size(rest.size, rho)) < alpha:
+            return size, f"{name}: the first {size} differ from the next {len(rows) - size}, KS {d:.3f}"
+    for name, vals in cats.items():
+        res = stats.chi2_test(vals[:size], Counter(vals[size:]))
+        if res is not None and res.p_value < alpha:
+            return size, f"{name}: the first {size} differ from the next {len(rows) - size}, chi2 {res.statistic:.3g}"
+    return 0, ""

@@ -1,12 +1,13 @@
 """Features service (faust): the streaming engine of the online features.
 
-Consumes ``events.valid`` (raw bytes; decoded and validated here against the spec's event
-contract, invalid records are logged and skipped) in batches. Stores, per entity, in
-Redis: the window buffer (``rv:{fs}:w:{entity}``) and the feature hash
-(``rv:{fs}:f:{entity}``) that serving reads, plus the applied offset of every partition
-(``rv:{fs}:offsets:{group}``), all written in one MULTI/EXEC per batch. Produces
-``events.late``: events later than the allowed lateness, original bytes + reason headers
-(acked before the batch's Redis transaction, so none is lost).
+Consumes ``events.valid`` (raw bytes; decoded and type-checked here, invalid records are
+logged and skipped) in batches. Stores, per entity, in Redis: the window events
+(``rv:{fs}:wh:{entity}``) and the feature hash (``rv:{fs}:f:{entity}``) that serving reads,
+plus the applied offset of every partition (``rv:{fs}:offsets:{group}``), all written by
+one Lua script per batch (a compare-and-set on the offsets). Keeps recently used windows
+in a bounded in-process cache, dropped on every assignment. Produces ``events.late``:
+events later than the allowed lateness, original bytes + reason headers (acked before
+the batch's Redis write, so none is lost).
 
 Features are computed by ``services.features.handlers.compute_features``, the same function
 batch code uses. Exactly-once effect: Redis offsets make any redelivery a no-op, and on
@@ -39,7 +40,8 @@ from services.features.handlers import (
     resume_positions,
 )
 from services.features.settings import FeaturesSettings
-from services.features.store import LateSink, applied_offsets, apply_batch
+from services.features.state import Cache
+from services.features.store import FeatureStore, LateSink, applied_offsets
 from shared.kafka import Out, ensure_topics, make_producer, publish
 from shared.runtime import setup_logging
 from shared.topics import EVENTS_LATE, EVENTS_VALID
@@ -67,6 +69,7 @@ class _ResumeFromRedisConsumer(faust_aiokafka.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = dict(await super().seek_to_committed())
         settings: FeaturesSettings = self.app.rivulet_settings  # type: ignore[attr-defined]
+        self.app.rivulet_cache.clear()  # type: ignore[attr-defined]  # windows of revoked partitions
         redis = Redis.from_url(settings.redis_url, socket_timeout=5)
         try:
             applied = await applied_offsets(redis, settings.use_case, settings.group_id)
@@ -92,6 +95,7 @@ class _FeaturesApp(faust.App):
     """faust.App whose consumer resumes from Redis; carries the settings for it."""
 
     rivulet_settings: FeaturesSettings
+    rivulet_cache: Cache
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -122,22 +126,66 @@ def create_app(settings: FeaturesSettings) -> faust.App:
     )
 
     app.rivulet_settings = settings
+    app.rivulet_cache = Cache(settings.state_cache_entities, settings.use_case.features_config.entity_ttl / 2)
 
     @app.agent(topic, concurrency=1)
     async def features(stream: faust.StreamT[bytes]) -> None:
         redis = Redis.from_url(settings.redis_url)
+        store = FeatureStore(redis, settings.use_case, settings.group_id, app.rivulet_cache)
         producer = make_producer(settings)
         await producer.start()
+        applier = _Applier(store, producer, settings)
         try:
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-                records = [_raw(e.message) for e in events]
-                await _finish_even_if_cancelled(_apply_until_done(redis, producer, records, settings),
-                                                settings.shutdown_grace_s)
+            async for event in stream.events():
+                await applier.put(_raw(event.message))
         finally:
+            await applier.stop()
             await redis.aclose()
             await producer.stop()
 
     return app
+
+
+class _Applier:
+    """Applies whatever is queued as one batch, as soon as the previous batch is written.
+
+    Why not ``stream.take_events``: it stops filling its buffer while a batch is processed
+    and then waits ``within`` for the next one, so at a moderate rate every batch paid the
+    Redis round trips plus the wait, and a backlog built up. Here the stream keeps reading
+    (bounded by the queue) while a batch is written, and a batch is whatever arrived
+    meanwhile: large under load, small (fresh) when idle. faust acks a record once it is
+    queued, so its commit may run ahead of Redis: harmless, since every assignment
+    resumes from Redis' applied offsets and the write is a compare-and-set.
+    """
+
+    def __init__(self, store: FeatureStore, producer: AIOKafkaProducer, settings: FeaturesSettings) -> None:
+        self.store, self.producer, self.settings = store, producer, settings
+        self.queue: asyncio.Queue[RawRecord] = asyncio.Queue(maxsize=settings.batch_size * 4)
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def put(self, record: RawRecord) -> None:
+        if self.task.done():
+            self.task.result()  # re-raise what stopped it
+        await self.queue.put(record)
+
+    async def _run(self) -> None:
+        while True:
+            records = [await self.queue.get()]
+            self.idle.clear()
+            while len(records) < self.settings.batch_size and not self.queue.empty():
+                records.append(self.queue.get_nowait())
+            await _apply_until_done(self.store, self.producer, records, self.settings)
+            self.idle.set()
+
+    async def stop(self) -> None:
+        """Let an in-flight batch finish (queued records are re-read from Redis' offsets)."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), self.settings.shutdown_grace_s)
+        except (TimeoutError, asyncio.CancelledError):
+            log.error("shutdown: a batch of events.valid was not applied to Redis")
+        self.task.cancel()
 
 
 def _raw(message: Any) -> RawRecord:
@@ -156,32 +204,18 @@ def _late_sink(producer: AIOKafkaProducer, settings: FeaturesSettings) -> LateSi
 
 
 async def _apply_until_done(
-    redis: Redis, producer: AIOKafkaProducer, records: Sequence[RawRecord], settings: FeaturesSettings
+    store: FeatureStore, producer: AIOKafkaProducer, records: Sequence[RawRecord], settings: FeaturesSettings
 ) -> BatchPlan:
     """Never give up on a batch: faust acks it when we return, so it must be applied first."""
     sink = _late_sink(producer, settings)
     while True:
         try:
-            plan = await apply_batch(redis, records, settings.use_case, settings.group_id, late_sink=sink)
+            plan = await store.apply(records, late_sink=sink)
             _log_plan(plan, len(records))
             return plan
         except (RedisError, OSError, KafkaError) as exc:
             log.error("batch of %d not applied (%s); retrying", len(records), exc)
             await asyncio.sleep(settings.retry_backoff_s)
-
-
-async def _finish_even_if_cancelled(coro: Any, grace_s: float) -> Any:
-    """On shutdown faust cancels the agent and acks the batch: let the write finish first."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except (TimeoutError, asyncio.CancelledError):
-            task.cancel()
-            log.error("shutdown: a batch of events.valid was not applied to Redis")
-        raise
 
 
 def _log_plan(plan: BatchPlan, size: int) -> None:

@@ -4,25 +4,28 @@ No Kafka or Redis here. ``compute_features`` (the batch engine, defined in
 :mod:`services.features.windows`) is re-exported from this module: it is the import path
 other code (tests, training backfills) uses.
 
-The streaming engine keeps, per entity, a buffer of the events still inside the longest
-window plus the allowed lateness. A batch is applied as: drop records whose offset was
-already applied (redelivery), decode + validate, merge each entity's new events into its
-buffer (dedupe by ``event_id``, refuse events later than the allowed lateness), prune,
-and recompute the entity's features with ``compute_features`` at its newest event time.
+The streaming engine keeps, per entity, a :class:`~services.features.state.Window`: the
+events still inside the longest window plus the allowed lateness, in canonical order. A
+batch is applied as: drop records whose offset was already applied (redelivery), decode
+(events.valid was validated by ingestion: only the types the features read are checked),
+merge each entity's new events into its window (dedupe by ``event_id``, refuse events
+later than the allowed lateness), prune, and evaluate the entity's features with the batch
+definition at its newest event time. The plan lists the events added and removed per
+entity, so the Redis write is incremental.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
+from services.features.state import Window
 from services.features.windows import Event, compute_features, dedupe
 from shared import codec
-from shared.contracts import DeadLetter, event_model
+from shared.contracts import DeadLetter
 from shared.errors import Reason
 from shared.redis_keys import EVENT_TIME_FIELD, WRITTEN_AT_FIELD
 from shared.spec import UseCaseSpec
@@ -60,6 +63,7 @@ class Decoded:
     """A batch after redelivery filtering and validation."""
 
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # entity -> offset order
+    partitions: dict[str, int] = field(default_factory=dict)  # entity -> its partition
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest new offset
     sources: dict[str, RawRecord] = field(default_factory=dict)  # event_id -> its record
     gaps: int = 0  # partitions whose first new offset skips past applied + 1
@@ -71,7 +75,9 @@ class Decoded:
 class BatchPlan:
     """Everything one batch writes, in one transaction."""
 
-    buffers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    buffers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # window after the batch
+    added: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # events new to the window
+    removed: dict[str, list[str]] = field(default_factory=dict)  # event ids pruned from it
     features: dict[str, dict[str, float | None]] = field(default_factory=dict)
     at: dict[str, float] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
@@ -94,17 +100,67 @@ def slim_event(event: Mapping[str, Any], spec: UseCaseSpec) -> dict[str, Any]:
     return {k: event.get(k) for k in sorted(keep)}
 
 
-def decode_event(value: bytes | None, spec: UseCaseSpec) -> dict[str, Any] | None:
-    """A validated event dict (``event_time`` as float), or None if the bytes are not one."""
+_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
+_CHECKS: dict[int, tuple[UseCaseSpec, tuple[tuple[str, tuple[type, ...], bool], ...]]] = {}
+
+
+def _field_checks(spec: UseCaseSpec) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+    """(field, accepted types, required) of every field a feature reads, once per spec."""
+    cached = _CHECKS.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        names = sorted({f.field for f in spec.features if f.field})
+        checks = tuple((n, _TYPES[spec.event.fields[n].type], spec.event.fields[n].required) for n in names)
+        cached = _CHECKS[id(spec)] = (spec, checks)
+    return cached[1]
+
+
+def decode_event(value: bytes | None, spec: UseCaseSpec) -> tuple[str, dict[str, Any]] | None:
+    """(entity id, slim event) or None if the bytes are not an event the features can read.
+
+    Why not the full contract: ingestion validated every events.valid record; re-running
+    pydantic here cost more than the features. What the features rely on is checked:
+    ids are non-empty strings, event_time a finite number, each read field of its type.
+    """
     try:
-        return event_model(spec).model_validate(codec.loads(value or b"")).model_dump()
-    except (codec.JSONDecodeError, ValidationError, TypeError, ValueError) as exc:
+        data = codec.loads(value or b"")
+    except codec.JSONDecodeError as exc:
         log.warning("skipping invalid events.valid record: %s", str(exc)[:200])
         return None
+    problem = _problem(data, spec)
+    if problem:
+        log.warning("skipping invalid events.valid record: %s", problem)
+        return None
+    slim = {"event_id": data["event_id"], "event_time": float(data["event_time"])}
+    for name, _, _ in _field_checks(spec):
+        slim[name] = data.get(name)
+    return data["entity_id"], slim
+
+
+def _problem(data: Any, spec: UseCaseSpec) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("schema_version", 1) != 1:
+        return f"unknown schema_version {data.get('schema_version')!r}"
+    for key in ("event_id", "entity_id"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            return f"{key} must be a non-empty string"
+    t = data.get("event_time")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+        return "event_time must be a finite number of epoch seconds"
+    for name, types, required in _field_checks(spec):
+        v = data.get(name)
+        if v is None:
+            if required:
+                return f"{name} is required"
+        elif not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            return f"{name} has the wrong type"
+        elif isinstance(v, float) and not math.isfinite(v):
+            return f"{name} is not finite"
+    return None
 
 
 def decode_batch(records: Iterable[RawRecord], applied: Mapping[int, int], spec: UseCaseSpec) -> Decoded:
-    """Skip records at or below their partition's applied offset; validate the rest."""
+    """Skip records at or below their partition's applied offset; decode the rest."""
     out = Decoded()
     for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
         if rec.offset <= applied.get(rec.partition, -1):
@@ -115,11 +171,13 @@ def decode_batch(records: Iterable[RawRecord], applied: Mapping[int, int], spec:
             log.error("partition %d: offsets %d..%d were never applied", rec.partition,
                       applied[rec.partition] + 1, rec.offset - 1)
         out.offsets[rec.partition] = max(out.offsets.get(rec.partition, -1), rec.offset)
-        event = decode_event(rec.value, spec)
-        if event is None:
+        decoded = decode_event(rec.value, spec)
+        if decoded is None:
             out.invalid += 1
             continue
-        out.events.setdefault(event["entity_id"], []).append(slim_event(event, spec))
+        entity, event = decoded
+        out.events.setdefault(entity, []).append(event)
+        out.partitions.setdefault(entity, rec.partition)
         out.sources[event["event_id"]] = rec
     return out
 
@@ -169,24 +227,58 @@ def prune(buffer: Sequence[Event], spec: UseCaseSpec) -> list[dict[str, Any]]:
 
 
 def plan_batch(decoded: Decoded, buffers: Mapping[str, Sequence[Event]], spec: UseCaseSpec) -> BatchPlan:
-    """New buffers and features for every entity touched by the batch."""
+    """New buffers and features for every entity touched by the batch (buffers as lists)."""
+    windows = {e: Window.of(decoded.partitions.get(e, 0), buffers.get(e, ())) for e in decoded.events}
+    return plan_windows(decoded, windows, spec)
+
+
+def plan_windows(decoded: Decoded, windows: Mapping[str, Window], spec: UseCaseSpec) -> BatchPlan:
+    """Merge the batch into ``windows`` (mutated in place: the caller drops them if the
+    write fails) and plan the write of every entity touched by the batch."""
     plan = BatchPlan(offsets=dict(decoded.offsets), invalid=decoded.invalid,
                      redelivered=decoded.redelivered, gaps=decoded.gaps)
+    lateness = spec.features_config.allowed_lateness
+    horizon = spec.max_window_s + lateness
     for entity, new in decoded.events.items():
-        buffer, late = merge_events(buffers.get(entity, ()), new, spec)
+        window = windows[entity]
+        added, late = merge_into(window, new, lateness)
         plan.late += len(late)
         plan.applied += len(new) - len(late)
         plan.late_records += [
             LateRecord(decoded.sources[e["event_id"]], float(e["event_time"]), newest)
             for e, newest in late if e["event_id"] in decoded.sources
         ]
-        if not buffer:
+        if not window.events:
             continue
-        at = max(float(e["event_time"]) for e in buffer)
-        plan.buffers[entity] = buffer
-        plan.features[entity] = compute_features(buffer, at, spec)
-        plan.at[entity] = at
+        removed = window.prune(window.newest - horizon)
+        if not added and not removed:
+            continue  # only duplicates or late events: nothing to rewrite
+        fresh = {e["event_id"] for e in added}
+        plan.added[entity] = [e for e in added if e["event_id"] in window.ids]  # not pruned at once
+        plan.removed[entity] = [i for i in removed if i not in fresh]
+        plan.buffers[entity] = window.events
+        plan.features[entity] = window.features(spec)
+        plan.at[entity] = window.newest
     return plan
+
+
+def merge_into(window: Window, new: Sequence[Event], lateness: float) -> tuple[list[dict[str, Any]], list[tuple[Event, float]]]:
+    """Add ``new`` (in arrival order) to ``window``: (events added, (late event, newest))."""
+    added: list[dict[str, Any]] = []
+    late: list[tuple[Event, float]] = []
+    late_ids: set[str] = set()
+    for event in new:
+        if event["event_id"] in window.ids or event["event_id"] in late_ids:
+            continue
+        newest = window.newest
+        if float(event["event_time"]) < newest - lateness:
+            late_ids.add(event["event_id"])  # a late event's duplicate is not reported twice
+            late.append((event, newest))
+            continue
+        event = dict(event)
+        window.add(event)
+        added.append(event)
+    return added, late
 
 
 def feature_hash(values: Mapping[str, float | None], at: float, now: float) -> dict[str, str]:

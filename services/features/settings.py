@@ -8,9 +8,8 @@ from shared.config import RivuletSettings
 class FeaturesSettings(RivuletSettings):
     # Consumer group and faust app id: unique to this service.
     group_id: str = "rivulet-features"
-    # A batch is up to batch_size events or whatever arrived within batch_within_s.
+    # A batch is whatever arrived while the previous one was written, up to batch_size events.
     batch_size: int = 500
-    batch_within_s: float = 0.05
     # Longest time the broker may hold a fetch with no data (lower: fresher features).
     fetch_max_wait_ms: int = 20
     # How often faust commits acked offsets (Redis offsets make redelivery harmless).
@@ -21,3 +20,6 @@ class FeaturesSettings(RivuletSettings):
     shutdown_grace_s: float = 10.0
     # Back-off between retries of a batch whose Redis write failed.
     retry_backoff_s: float = 1.0
+    # Windows of at most this many recently seen entities are kept in memory (LRU): RSS is
+    # bounded by it, whatever the number of entities; misses are read from Redis.
+    state_cache_entities: int = 50_000

@@ -1,11 +1,16 @@
-"""Redis side of the streaming engine: one read and one MULTI/EXEC per batch.
+"""Redis side of the streaming engine: (usually no) read, then one Lua script per batch.
 
-Exactness under redelivery: the partition offsets applied so far live in the same
-Redis as the buffers and features and are written in the same transaction, so a
-record is either fully applied (and its offset recorded) or not at all. A redelivered
-record (offset <= applied offset) is skipped. The offsets hash is WATCHed while the batch
-is read and computed, so a concurrent writer (e.g. a zombie instance during a
-rebalance) makes our EXEC fail and the batch is recomputed from fresh state.
+Exactness under redelivery: the partition offsets applied so far live in the same Redis
+as the windows and features and are written by the same script (atomic), so a record is
+either fully applied (and its offset recorded) or not at all; a redelivered record
+(offset <= applied offset) is skipped.
+
+Concurrency without WATCH: the script is a compare-and-set. It first checks that the
+applied offset of every partition in the batch is still the one this worker planned
+from, and writes nothing if not (a zombie instance during a rebalance, or a cache that
+went stale): the worker drops its cache, re-reads Redis and recomputes the batch. Since
+offsets only grow, "same offset" means "nobody wrote this partition since", so the
+in-process window cache (:mod:`services.features.state`) is never used stale.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from services.features.handlers import (
     BatchPlan,
@@ -25,15 +30,46 @@ from services.features.handlers import (
     RawRecord,
     decode_batch,
     feature_hash,
-    parse_buffer,
-    plan_batch,
+    plan_windows,
 )
-from shared import codec, redis_keys
+from services.features.state import Cache, Window
+from shared import redis_keys
 from shared.spec import UseCaseSpec
 
 log = logging.getLogger(__name__)
 # Publishes late events (events.late) and returns once the broker acked them.
 LateSink = Callable[[Sequence[LateRecord]], Awaitable[None]]
+
+# KEYS[1]: applied offsets hash; KEYS[2i], KEYS[2i+1]: features and window hash of entity i.
+# ARGV[1]: TTL (s); ARGV[2]: JSON {"o": [[partition, expected or "", new], ...],
+#   "e": [[feature fields (flat), added events (flat id, json), removed ids], ...]}.
+# Returns {1} when applied, {0, partition} when that partition's offset was not as expected.
+APPLY_LUA = """
+local ttl = ARGV[1]
+local batch = cjson.decode(ARGV[2])
+for _, o in ipairs(batch.o) do
+  local cur = redis.call('HGET', KEYS[1], o[1])
+  if (o[2] == '' and cur) or (o[2] ~= '' and cur ~= o[2]) then return {0, o[1]} end
+end
+for _, o in ipairs(batch.o) do redis.call('HSET', KEYS[1], o[1], o[3]) end
+local function chunked(cmd, key, list)
+  for i = 1, #list, 4000 do redis.call(cmd, key, unpack(list, i, math.min(#list, i + 3999))) end
+end
+for i, e in ipairs(batch.e) do
+  local fkey, wkey = KEYS[2 * i], KEYS[2 * i + 1]
+  redis.call('DEL', fkey)
+  chunked('HSET', fkey, e[1])
+  redis.call('EXPIRE', fkey, ttl)
+  if #e[2] > 0 then chunked('HSET', wkey, e[2]) end
+  if #e[3] > 0 then chunked('HDEL', wkey, e[3]) end
+  redis.call('EXPIRE', wkey, ttl)
+end
+return {1}
+"""
+
+
+class Conflict(Exception):
+    """Another writer moved a partition's applied offset: the batch must be replanned."""
 
 
 async def applied_offsets(redis: Redis, spec: UseCaseSpec, group: str) -> dict[int, int]:
@@ -42,56 +78,105 @@ async def applied_offsets(redis: Redis, spec: UseCaseSpec, group: str) -> dict[i
     return {int(k): int(v) for k, v in raw.items()}
 
 
+class FeatureStore:
+    """Applies batches exactly once, keeping recently used windows in ``cache``."""
+
+    def __init__(self, redis: Redis, spec: UseCaseSpec, group: str, cache: Cache | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis, self.spec, self.group, self.clock = redis, spec, group, clock
+        self.cache = cache if cache is not None else Cache(10_000, spec.features_config.entity_ttl / 2)
+        self.script = redis.register_script(APPLY_LUA)
+        self.offsets_key = redis_keys.applied_offsets(spec, group)
+        self.conflicts = 0
+
+    async def apply(self, records: Sequence[RawRecord], late_sink: LateSink | None = None) -> BatchPlan:
+        """Apply one batch; on a conflict, drop the cache and replan from Redis."""
+        while True:
+            try:
+                return await self._attempt(records, late_sink)
+            except Conflict as exc:
+                self.conflicts += 1
+                log.info("partition %s was written concurrently; recomputing the batch", exc)
+                self.cache.clear()
+            except BaseException:
+                self.cache.clear()  # windows may hold this batch's unwritten events
+                raise
+
+    async def _attempt(self, records: Sequence[RawRecord], late_sink: LateSink | None) -> BatchPlan:
+        if not self.cache.known:
+            self.cache.set_applied(await applied_offsets(self.redis, self.spec, self.group))
+        decoded = decode_batch(records, self.cache.applied, self.spec)
+        windows = await self._windows(decoded.partitions)
+        plan = plan_windows(decoded, windows, self.spec)
+        if plan.late_records and late_sink is not None:
+            await late_sink(plan.late_records)  # acked before their offsets count as applied
+        if plan.offsets:  # else everything was a redelivery: nothing to write
+            await self._write(plan)
+        self.cache.applied.update(plan.offsets)
+        now = time.monotonic()
+        for entity, window in windows.items():
+            if entity in plan.features:
+                window.touched = now  # the script just refreshed its TTL in Redis
+            self.cache.put(entity, window)
+        self.cache.trim()
+        return plan
+
+    async def _windows(self, partitions: dict[str, int]) -> dict[str, Window]:
+        """Cached windows, plus the misses read from Redis in one pipelined round trip."""
+        windows: dict[str, Window] = {}
+        misses = []
+        for entity, partition in partitions.items():
+            window = self.cache.get(entity, partition)
+            if window is None:
+                misses.append(entity)
+            else:
+                windows[entity] = window
+        if misses:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entity in misses:
+                    pipe.hvals(redis_keys.window_events(self.spec, entity))
+                stored = await pipe.execute()
+            for entity, values in zip(misses, stored):
+                windows[entity] = Window.of(partitions[entity], _parse_events(values))
+        return windows
+
+    async def _write(self, plan: BatchPlan) -> None:
+        keys = [self.offsets_key]
+        entities = []
+        now = self.clock()
+        for entity, values in plan.features.items():
+            keys += [redis_keys.features(self.spec, entity), redis_keys.window_events(self.spec, entity)]
+            fields = [x for kv in feature_hash(values, plan.at[entity], now).items() for x in kv]
+            added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
+            entities.append([fields, added, plan.removed[entity]])
+        offsets = [[str(p), _expected(self.cache.applied.get(p)), str(o)] for p, o in plan.offsets.items()]
+        ttl = max(1, math.ceil(self.spec.features_config.entity_ttl))
+        result = await self.script(keys=keys, args=[ttl, orjson.dumps({"o": offsets, "e": entities})])
+        if int(result[0]) != 1:
+            raise Conflict(result[1].decode() if isinstance(result[1], bytes) else result[1])
+
+
+def _expected(offset: int | None) -> str:
+    return "" if offset is None else str(offset)
+
+
+def _parse_events(values: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Stored window events; an unreadable one is skipped (logged), never fatal."""
+    out = []
+    for raw in values:
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("unreadable window event skipped")
+            continue
+        if isinstance(event, dict) and "event_id" in event and "event_time" in event:
+            out.append(event)
+    return out
+
+
 async def apply_batch(
     redis: Redis, records: Sequence[RawRecord], spec: UseCaseSpec, group: str,
     clock: Callable[[], float] = time.time, late_sink: LateSink | None = None,
 ) -> BatchPlan:
-    """Apply one batch exactly once; retries while another writer races us."""
-    while True:
-        try:
-            return await _attempt(redis, records, spec, group, clock, late_sink)
-        except WatchError:
-            log.info("applied offsets changed concurrently; recomputing the batch")
-
-
-async def _attempt(
-    redis: Redis, records: Sequence[RawRecord], spec: UseCaseSpec, group: str,
-    clock: Callable[[], float], late_sink: LateSink | None,
-) -> BatchPlan:
-    async with redis.pipeline(transaction=True) as tx:
-        plan = await read_and_plan(tx, records, spec, group)
-        if plan.late_records and late_sink is not None:
-            await late_sink(plan.late_records)  # acked before their offsets count as applied
-        if plan.offsets:  # else everything was a redelivery: nothing to write
-            await commit_plan(tx, plan, spec, group, clock())
-    return plan
-
-
-async def read_and_plan(tx: Pipeline, records: Sequence[RawRecord], spec: UseCaseSpec, group: str) -> BatchPlan:
-    """WATCH the offsets, read them and the batch's buffers (one MGET), compute the plan."""
-    offsets_key = redis_keys.applied_offsets(spec, group)
-    await tx.watch(offsets_key)
-    applied = {int(k): int(v) for k, v in (await tx.hgetall(offsets_key)).items()}
-    decoded = decode_batch(records, applied, spec)
-    entities = sorted(decoded.events)
-    stored = await tx.mget([redis_keys.window_buffer(spec, e) for e in entities]) if entities else []
-    return plan_batch(decoded, {e: parse_buffer(raw) for e, raw in zip(entities, stored)}, spec)
-
-
-async def commit_plan(tx: Pipeline, plan: BatchPlan, spec: UseCaseSpec, group: str, now: float) -> None:
-    """One MULTI/EXEC; raises WatchError if anyone committed since :func:`read_and_plan`."""
-    tx.multi()
-    _queue_writes(tx, plan, spec, redis_keys.applied_offsets(spec, group), now)
-    await tx.execute()
-
-
-def _queue_writes(tx: Pipeline, plan: BatchPlan, spec: UseCaseSpec, offsets_key: str, now: float) -> None:
-    """Buffers, feature hashes (replaced whole: absent field = no value) and offsets."""
-    ttl = max(1, math.ceil(spec.features_config.entity_ttl))
-    for entity, buffer in plan.buffers.items():
-        tx.set(redis_keys.window_buffer(spec, entity), codec.dumps(buffer), ex=ttl)
-        key = redis_keys.features(spec, entity)
-        tx.delete(key)
-        tx.hset(key, mapping=feature_hash(plan.features[entity], plan.at[entity], now))
-        tx.expire(key, ttl)
-    tx.hset(offsets_key, mapping={str(p): str(o) for p, o in plan.offsets.items()})
+    """Apply one batch with no cache (reads everything from Redis): tests and tools."""
+    return await FeatureStore(redis, spec, group, clock=clock).apply(records, late_sink)

@@ -90,10 +90,17 @@ class LabelJoin(ConsumerRebalanceListener):
         steps = []
         for r in records:
             try:
-                steps.append(to_step(r.topic, r.value, r.partition))
+                step = to_step(r.topic, r.value, r.partition)
             except RejectedRecord as exc:
                 self.count({"invalid": 1})
                 log.warning("skipping invalid %s p%d@%d: %s", r.topic, r.partition, r.offset, exc.as_dict())
+                continue
+            if step.prediction is not None and step.prediction.role == "shadow":
+                # Never answered, so never labeled: the rollout controller pairs it with the
+                # champion's labeled record of the same request instead of waiting here.
+                self.count({"shadow_skipped": 1})
+                continue
+            steps.append(step)
         return steps
 
     async def handle(self, records: list[ConsumerRecord]) -> list[Out]:

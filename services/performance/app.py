@@ -69,7 +69,7 @@ class Gauges:
 class Performance:
     def __init__(self, settings: PerformanceSettings, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         self.settings, self.consumer, self.producer = settings, consumer, producer
-        self.tracker = Tracker(settings.use_case.monitoring)
+        self.tracker = Tracker(settings.use_case.monitoring, settings.use_case.model.task)
         self.gauges = Gauges()
         self.invalid = 0
 

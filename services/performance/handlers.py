@@ -61,6 +61,19 @@ def classification_metrics(scores: Sequence[float], predicted: Sequence[bool],
     }
 
 
+def regression_metrics(predicted: Sequence[float], actual: Sequence[float]) -> dict[str, float]:
+    """mae, rmse, mean_error (bias: predicted - actual), count.
+
+    >>> regression_metrics([1.0, 2.0, 4.0], [1.0, 3.0, 2.0])["mae"]
+    1.0
+    """
+    err = np.asarray(predicted, dtype=float) - np.asarray(actual, dtype=float)
+    if err.size == 0:
+        return {"count": 0.0}
+    return {"count": float(err.size), "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err ** 2))), "mean_error": float(np.mean(err))}
+
+
 def delay_quantiles(delays: Sequence[float]) -> dict[str, float]:
     if not delays:
         return {}

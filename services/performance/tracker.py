@@ -14,6 +14,7 @@ Pure state (no I/O): the app feeds it records and asks for :meth:`Tracker.snapsh
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from services.performance.handlers import (
     delay_quantiles,
     estimated_accuracy,
     finite,
+    regression_metrics,
     slice_keys,
 )
 from shared.contracts import (
@@ -30,7 +32,7 @@ from shared.contracts import (
     MetricsRecord,
     PredictionRecord,
 )
-from shared.spec import MonitoringSpec
+from shared.spec import MonitoringSpec, TaskKind
 
 Key = tuple[int, str | None]
 
@@ -40,12 +42,16 @@ class Outcome:
     score: float
     threshold: float
     predicted: bool
-    actual: bool
+    actual: bool | float
     revision: int
 
 
 class Tracker:
-    def __init__(self, monitoring: MonitoringSpec) -> None:
+    """``task`` (spec.model.task): "binary" -> classification metrics and the score-based
+    accuracy estimate; "regression" (score = predicted value) -> MAE, RMSE and bias."""
+
+    def __init__(self, monitoring: MonitoringSpec, task: TaskKind = "binary") -> None:
+        self.task = task
         self.window, self.min_labels, self.slices = monitoring.window, monitoring.min_labels, monitoring.slices
         self.labeled: dict[Key, OrderedDict[str, Outcome]] = {}
         self.scores: dict[Key, deque[tuple[float, float]]] = {}
@@ -59,11 +65,14 @@ class Tracker:
             window.append((rec.score, rec.threshold))
 
     def on_labeled(self, rec: LabeledPrediction) -> str:
-        """Add one labeled prediction; returns new | correction | stale | non_binary."""
+        """Add one labeled prediction; returns new | correction | stale | non_binary | non_numeric."""
         counts = self.counts.setdefault(rec.model_version, Counter())
-        if not isinstance(rec.actual, bool):
-            counts["non_binary"] += 1  # regression metrics are not implemented (spec task is binary)
+        if self.task == "binary" and not isinstance(rec.actual, bool):
+            counts["non_binary"] += 1  # a numeric actual on a classification spec
             return "non_binary"
+        if self.task == "regression" and (isinstance(rec.actual, bool) or not math.isfinite(rec.actual)):
+            counts["non_numeric"] += 1
+            return "non_numeric"
         outcome = Outcome(rec.score, rec.threshold, rec.label, rec.actual, rec.revision)
         results = [self._add((rec.model_version, key), rec.prediction_id, outcome)
                    for key in slice_keys(rec.features, self.slices)]
@@ -108,6 +117,8 @@ class Tracker:
     def _performance(self, key: Key, now: float) -> MetricsRecord | None:
         version, slice_ = key
         window = list(self.labeled.get(key, {}).values())
+        if self.task == "regression":
+            return self._regression(key, window, now)
         if len(window) >= self.min_labels:
             metrics = classification_metrics([o.score for o in window], [o.predicted for o in window],
                                               [o.actual for o in window])
@@ -121,6 +132,22 @@ class Tracker:
             return None
         metrics = {"accuracy": estimated_accuracy([s for s, _ in scores], [t for _, t in scores]),
                    "predictions": float(len(scores)), "labeled": float(len(window))}
+        return MetricsRecord(kind="performance", model_version=version, slice=slice_, estimated=True,
+                             window=len(scores), metrics=finite(metrics), computed_at=now)
+
+    def _regression(self, key: Key, window: list[Outcome], now: float) -> MetricsRecord | None:
+        """Measured errors once ``min_labels`` exist; before that only the prediction
+        count and mean (estimated=True: there is no label-free estimate of an error)."""
+        version, slice_ = key
+        if len(window) >= self.min_labels:
+            metrics = regression_metrics([o.score for o in window], [float(o.actual) for o in window])
+            return MetricsRecord(kind="performance", model_version=version, slice=slice_, estimated=False,
+                                 window=len(window), metrics=finite(metrics), computed_at=now)
+        scores = self.scores.get(key)
+        if not scores:
+            return None
+        metrics = {"predictions": float(len(scores)), "labeled": float(len(window)),
+                   "mean_prediction": sum(s for s, _ in scores) / len(scores)}
         return MetricsRecord(kind="performance", model_version=version, slice=slice_, estimated=True,
                              window=len(scores), metrics=finite(metrics), computed_at=now)
 

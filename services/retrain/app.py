@@ -1,20 +1,24 @@
 """Retrain controller.
 
-Consumes ``models``, ``predictions.labeled``, ``drift.alerts`` and ``retrain.requests``,
-all WITHOUT a consumer group, from the beginning (``predictions.labeled`` only its last
-``buffer_factor x retrain.window`` records per partition). Until it has caught up with the
-end offsets seen at start it only rebuilds state: champion, highest version, which trigger
-ids were already answered (read from the ``trigger`` of every model event), the labeled
-rows. Then it decides: bootstrap while the baseline serves, drift alerts about the current
-champion, retrain requests. One training at a time, in a child process; later triggers merge
-into the pending/running one (debounce).
+Consumes ``models``, ``predictions.labeled``, ``drift.alerts``, ``retrain.requests``,
+``metrics`` and ``retrain.decisions``, all WITHOUT a consumer group, from the beginning
+(``predictions.labeled`` only its last ``buffer_factor x retrain.window`` records per
+partition). Until it has caught up with the end offsets seen at start it only rebuilds
+state: champion, versions, which trigger ids were already answered (the ``trigger`` of
+every model event), the budget used (``train`` decisions of the last hour), the labeled
+rows. Then it decides: bootstrap while the baseline serves, drift incidents (per the spec's
+drift rules), the performance floor, the schedule, new labels, retrain requests. One
+training at a time, in a child process (spare children are started ahead, so a trigger does
+not wait for an interpreter start); later triggers merge into the pending/running one when
+its window answers them, and a drift incident preempts a running routine refresh.
 
-Produces ``models`` events (``registered`` + ``promoted``, or ``rejected``). Stores the
-registry under ``<data_dir>/registry`` (a view of ``models``, see ``registry.py``).
-Why no group and no commits: the state is small and fully derivable from the topics, and an
-alert or request counts as handled exactly when a model event names it, so a restart neither
-loses a pending trigger nor answers one twice (barring a crash between training and publish,
-which just retrains). Run exactly one instance.
+Produces ``retrain.decisions`` (every decision, skip, deferral and training step) and
+``models`` events (``registered`` + ``promoted`` -- strategy ``shadow`` when
+``spec.rollout.enabled`` -- or ``rejected`` with every reason), each with its lineage.
+Stores the registry under ``<data_dir>/registry`` (a view of ``models``, see
+``registry.py``). Why no group and no commits: the state is small and derivable from the
+topics, and a trigger counts as handled exactly when a model event names it, so a restart
+neither loses a pending trigger nor answers one twice. Run exactly one instance.
 """
 
 from __future__ import annotations
@@ -27,20 +31,36 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from services.retrain import decisions as rd
+from services.retrain import guards, policy, registry, trainer
 from services.retrain import handlers as h
-from services.retrain import registry, trainer
-from services.retrain.settings import RetrainSettings
+from services.retrain.settings import RetrainSettings, code_version
 from shared import codec
-from shared.contracts import DriftAlert, LabeledPrediction, ModelEvent, RetrainRequest, TrainingWindow
+from shared.contracts import (
+    DriftAlert,
+    LabeledPrediction,
+    MetricsRecord,
+    ModelEvent,
+    RetrainDecision,
+    RetrainRequest,
+)
 from shared.kafka import Out, ensure_topics, make_consumer, make_producer, publish
 from shared.runtime import run_service, setup_logging
-from shared.topics import DRIFT_ALERTS, MODELS, PREDICTIONS_LABELED, RETRAIN_REQUESTS
+from shared.topics import (
+    DRIFT_ALERTS,
+    METRICS,
+    MODELS,
+    PREDICTIONS_LABELED,
+    RETRAIN_DECISIONS,
+    RETRAIN_REQUESTS,
+)
 
 log = logging.getLogger(__name__)
-TOPICS = (MODELS.name, PREDICTIONS_LABELED.name, DRIFT_ALERTS.name, RETRAIN_REQUESTS.name)
+TOPICS = (MODELS.name, PREDICTIONS_LABELED.name, DRIFT_ALERTS.name, RETRAIN_REQUESTS.name, METRICS.name,
+          RETRAIN_DECISIONS.name)
 CONTRACTS: dict[str, Any] = {
-    MODELS.name: ModelEvent, PREDICTIONS_LABELED.name: LabeledPrediction,
-    DRIFT_ALERTS.name: DriftAlert, RETRAIN_REQUESTS.name: RetrainRequest,
+    MODELS.name: ModelEvent, PREDICTIONS_LABELED.name: LabeledPrediction, DRIFT_ALERTS.name: DriftAlert,
+    RETRAIN_REQUESTS.name: RetrainRequest, METRICS.name: MetricsRecord, RETRAIN_DECISIONS.name: RetrainDecision,
 }
 
 
@@ -52,8 +72,14 @@ class Retrain:
         self.buffer = h.LabeledBuffer(settings.retrain_buffer_factor * self.spec.retrain.window)
         self.caught_up = False
         self.backlog: list[DriftAlert | RetrainRequest] = []
+        self.metrics: MetricsRecord | None = None  # the newest measured overall record not yet judged
         self.training: asyncio.Task[None] | None = None
+        self.spares: list[asyncio.subprocess.Process] = []  # warm trainer children, oldest first
+        self.stopping = False
         self.producer: AIOKafkaProducer | None = None
+        self.outbox: list[RetrainDecision] = []
+        self.seen: set[str] = set()  # decision ids already on retrain.decisions
+        self.code_version = ""
         self.status = ""
         self.status_at = 0.0
 
@@ -69,9 +95,17 @@ class Retrain:
         if isinstance(obj, ModelEvent):
             self.on_model_event(obj)
         elif isinstance(obj, LabeledPrediction):
-            row = h.to_row(obj)
+            row = h.to_row(obj, record.partition, record.offset)
             if row is not None:
                 self.buffer.add(row)
+        elif isinstance(obj, RetrainDecision):
+            if obj.decision_id not in self.seen:
+                self.seen.add(obj.decision_id)
+                if obj.action == "train":
+                    self.state.train_starts.append(obj.decided_at)
+        elif isinstance(obj, MetricsRecord):
+            if obj.kind == "performance" and obj.slice is None and not obj.estimated:
+                self.metrics = obj
         elif self.caught_up:
             self.on_trigger(obj)
         else:
@@ -85,11 +119,49 @@ class Retrain:
             log.info("champion is now v%d (%s)", self.state.champion, ev.event)
 
     def on_trigger(self, obj: DriftAlert | RetrainRequest) -> None:
+        now = time.time()
         if isinstance(obj, DriftAlert):
-            decision = h.on_alert(self.state, obj)
+            decision, source = h.on_alert(self.state, obj, self.spec, now), f"alert:{obj.alert_id}"
         else:
-            decision = h.on_request(self.state, obj)
-        log.info("decision %s: %s", decision.action, decision.reason)
+            decision, source = h.on_request(self.state, obj, self.spec, now), f"request:{obj.request_id}"
+        self.emit(rd.from_decision(decision, source, self.state.champion, now))
+        if decision.action == "pending" and isinstance(obj, DriftAlert):
+            self.preempt_refresh(now)
+
+    def preempt_refresh(self, now: float) -> None:
+        """An incident waits for no routine refresh: a running training that only answers
+        periodic triggers (new labels, schedule, performance) and has not started
+        publishing is cancelled; those triggers fire again later (reported as skipped)."""
+        running = self.state.in_flight
+        if running is None or running.closed or self.training is None or self.training.done() \
+                or not all(h.kind_of(i) in policy.REFRESH_KINDS for i in running.ids):
+            return
+        self.training.cancel()
+        for tid in running.ids:
+            self.emit(rd.from_decision(h.Decision("skip", f"{tid}: preempted by a drift incident; fires again "
+                                                  "later", "preempted", tid), None, self.state.champion, now))
+
+    def emit(self, rec: RetrainDecision) -> None:
+        """Queue a decision record once (the same decision made again has the same id)."""
+        if rec.decision_id in self.seen:
+            return
+        self.seen.add(rec.decision_id)
+        self.outbox.append(rec)
+        log.info("decision %s%s %s: %s", rec.action, f" ({rec.code})" if rec.code else "", rec.trigger,
+                 rec.message)
+
+    async def flush(self) -> None:
+        """Publish queued decisions; on failure they stay queued for the next flush."""
+        if not self.outbox or self.producer is None:
+            return
+        batch, self.outbox = self.outbox, []
+        outs = [Out(RETRAIN_DECISIONS.name, codec.dumps(d.model_dump(mode="json")), (d.trigger or d.action).encode())
+                for d in batch]
+        try:
+            await publish(self.producer, outs)
+        except Exception:  # noqa: BLE001 - decisions are retried, the controller goes on
+            log.exception("publishing %d decisions failed; will retry", len(batch))
+            self.outbox = batch + self.outbox
 
     def catch_up_done(self) -> None:
         """Decide on the backlog only now: a replayed alert may already be answered by a
@@ -103,15 +175,28 @@ class Retrain:
 
     # -- decisions ----------------------------------------------------------------------
     def decide(self) -> None:
-        """Raise the bootstrap trigger if due, then start training when a trigger is ready."""
-        boot = h.on_bootstrap(self.state, self.spec)
-        if boot is not None:
-            log.info("decision %s: %s", boot.action, boot.reason)
-        ready, why = h.readiness(self.state, self.buffer, max(2, self.spec.retrain.min_labels))
+        """Raise due triggers (bootstrap, performance, schedule, new labels), then start
+        training when the pending trigger passes its guards."""
+        now, st, spec = time.time(), self.state, self.spec
+        while st.dropped:
+            tid = st.dropped.pop(0)
+            self.emit(rd.from_decision(h.Decision("skip", f"{tid}: the champion changed to v{st.champion} "
+                                                  "before it trained", "champion_changed", tid), None, st.champion, now))
+        found: list[h.Decision | None] = [h.on_bootstrap(st, spec, now)]
+        if self.metrics is not None:
+            found.append(guards.on_metrics(st, self.metrics, self.buffer, spec, now))
+            self.metrics = None
+        found += [guards.on_schedule(st, self.buffer, spec, now), guards.on_new_labels(st, self.buffer, spec, now)]
+        for d in found:
+            if d is not None:
+                self.emit(rd.from_decision(d, None, st.champion, now))
+        ready, code, why = guards.check_ready(st, self.buffer, spec, now)
         self.report(why)
+        if not ready and code in ("too_few_labels", "budget", "rollout_in_progress") and st.pending is not None:
+            self.emit(rd.deferred(st.pending, code, why, now))
         if ready:
-            trigger = h.start_training(self.state)
-            self.training = asyncio.create_task(self.train(trigger))
+            trigger = h.start_training(st, now)
+            self.training = asyncio.create_task(self.train(trigger, code == "ready_fallback"))
 
     def report(self, why: str) -> None:
         """Log/store the status when it changes; a mere count change at most every 30 s,
@@ -127,58 +212,104 @@ class Retrain:
                                                        "champion": self.state.champion})
 
     # -- training -----------------------------------------------------------------------
-    async def train(self, trigger: h.Trigger) -> None:
+    async def train(self, trigger: h.Trigger, waited_out: bool) -> None:
         """The training task; whatever happens, the controller is free again afterwards."""
         try:
-            await self.train_and_publish(trigger)
+            await self.train_and_publish(trigger, waited_out)
         except asyncio.CancelledError:
-            raise
+            if trigger.closed or self.stopping:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info("training for %s preempted", trigger.label)  # see preempt_refresh
         except Exception:  # noqa: BLE001 - a bug here must not wedge the controller
             log.exception("retrain for %s failed before publishing", trigger.label)
         finally:
             self.state.in_flight = None
+        await self.warm_up()  # (if the first training had none) -- not when cancelled (shutdown)
 
-    async def train_and_publish(self, trigger: h.Trigger) -> None:
-        r, s = self.spec.retrain, self.settings
-        train_rows, holdout = h.split_window(self.buffer.eligible(trigger.since), r.window, r.holdout_fraction)
-        window = h.training_window(train_rows)
+    async def warm_up(self) -> None:
+        """Keep ``retrain_warm_workers`` spare trainer children started (importing takes
+        seconds on a loaded machine; two cover back-to-back trainings and a preemption)."""
+        self.spares = [p for p in self.spares if p.returncode is None]
+        while len(self.spares) < self.settings.retrain_warm_workers:
+            try:
+                self.spares.append(await trainer.spawn(self.settings.spec, self.settings.retrain_hash_seed))
+            except OSError:
+                log.exception("could not start a spare trainer child; the next training starts its own")
+                return
+
+    def take_spare(self) -> asyncio.subprocess.Process | None:
+        """The oldest live spare (the most likely to have finished importing)."""
+        self.spares = [p for p in self.spares if p.returncode is None]
+        return self.spares.pop(0) if self.spares else None
+
+    async def train_and_publish(self, trigger: h.Trigger, waited_out: bool) -> None:
+        s, spec = self.settings, self.spec
+        plan = policy.plan_window(self.buffer.eligible(None), trigger, self.state, spec)
+        if waited_out:
+            plan.notes.insert(0, f"waited {spec.retrain.change_point_max_wait:.0f}s for labels after the change point")
+        window = plan.window()
+        self.emit(rd.step("train", trigger, time.time(), code=plan.basis, policy=plan.mode, window=window,
+                          message=f"v{trigger.version}: {plan.mode} on {len(plan.train)} rows ({plan.basis}), "
+                                  f"{len(plan.holdout)} holdout, {len(plan.replay)} replay"
+                                  + (f"; {'; '.join(plan.notes)}" if plan.notes else "")))
         champion = self.state.promoted.get(trigger.champion) if trigger.champion else None
-        if trigger.champion and champion is None:
-            log.warning("no artifact known for champion v%d: comparing with the baseline", trigger.champion)
-        job = trainer.make_job(train_rows, holdout, champion, s.model_secret.get_secret_value(),
-                               self.spec.model.threshold)
-        log.info("training for %s: %d train + %d holdout rows (served %.3f..%.3f)", trigger.label,
-                 len(train_rows), len(holdout), window.start, holdout[-1].served_at)
+        job = trainer.make_job(plan.train, plan.holdout, champion, s.model_secret.get_secret_value(),
+                               spec.model.threshold, plan.replay, plan.parent, spec.monitoring.slices)
+        self.emit(rd.step("started", trigger, time.time(), policy=plan.mode, progress=0.0,
+                          message=f"training worker started for v{trigger.version}"))
+        await self.flush()
         result: dict[str, Any] | str
         try:
-            result = await trainer.run_in_child(job, s.spec, s.retrain_hash_seed, s.retrain_timeout_s)
+            worker = self.take_spare()
+            await self.warm_up()  # the next one imports while this one trains (back-to-back triggers)
+            result = await trainer.run_in_child(job, s.spec, s.retrain_hash_seed, s.retrain_timeout_s,
+                                                on_progress=lambda e, n: self.progress(trigger, e, n), proc=worker)
+            self.emit(rd.step("finished", trigger, time.time(), policy=plan.mode, progress=1.0,
+                              message=f"artifact sha256 {result['sha256']}", metrics=result["metrics"]))
         except Exception as exc:  # noqa: BLE001 - a failed training still answers its trigger
             log.error("training for %s failed: %s", trigger.label, exc, exc_info=not isinstance(
                 exc, trainer.TrainingFailed))
             result = f"training failed: {str(exc)[:300]}"
-        await self.publish_outcome(trigger, result, window)
+            self.emit(rd.step("failed", trigger, time.time(), code="training_failed", message=result))
+        await self.publish_outcome(trigger, result, plan)
 
-    def outcome_events(self, trigger: h.Trigger, result: dict[str, Any] | str,
-                       window: TrainingWindow) -> list[ModelEvent]:
+    async def progress(self, trigger: h.Trigger, epoch: int, epochs: int) -> None:
+        self.emit(rd.step("progress", trigger, time.time(), progress=epoch / epochs, part=epoch,
+                          message=f"epoch {epoch}/{epochs}"))
+        await self.flush()
+
+    def outcome_events(self, trigger: h.Trigger, result: dict[str, Any] | str, plan: policy.Plan) -> list[ModelEvent]:
         """``result`` is the trainer's answer, or the reason training failed."""
-        version, now = self.state.max_version + 1, time.time()
+        now, window = time.time(), plan.window()
+        version = trigger.version if trigger.version and trigger.version > self.state.max_version \
+            else self.state.max_version + 1
+        trigger.version = version
+        lineage = policy.lineage(plan, self.spec, self.code_version, result if isinstance(result, dict) else None)
         if isinstance(result, str):
-            return [h.failure_event(trigger, version, trigger.champion, result, window, now)]
+            return [h.failure_event(trigger, version, trigger.champion, result, window, now, lineage)]
         if self.state.champion != trigger.champion:
             reason = f"champion changed during training (v{trigger.champion} -> v{self.state.champion})"
-            return [h.failure_event(trigger, version, trigger.champion, reason, window, now)]
-        passed, reason = h.gate(result["metrics"], result["champion_metrics"],
-                                self.spec.retrain.primary_metric, self.spec.retrain.margin)
-        reason = f"{reason}; champion scored as {result['champion_source']}"
+            self.emit(rd.step("rejected", trigger, now, code="champion_changed", message=reason, reasons=(reason,)))
+            return [h.failure_event(trigger, version, trigger.champion, reason, window, now, lineage)]
+        passed, reasons, summary = policy.judge(result, self.spec)
+        reason = f"{'passed' if passed else 'rejected'}: {summary}; champion scored as {result['champion_source']}"
+        if reasons:
+            reason += "; failed: " + " | ".join(reasons)
+        lineage["reasons"] = tuple(reasons)
+        strategy = "shadow" if passed and self.spec.rollout.enabled else None
+        self.emit(rd.step("passed" if passed else "rejected", trigger, now, code="gate", message=reason,
+                          policy=plan.mode, metrics=policy.finite_metrics(result["metrics"]), reasons=tuple(reasons)))
         log.info("v%d for %s %s", version, trigger.label, reason)
         return h.model_events(result, trigger, version, trigger.champion, passed, reason, window,
-                              self.spec.model.threshold, now)
+                              self.spec.model.threshold, now, lineage, strategy)
 
-    async def publish_outcome(self, trigger: h.Trigger, result: dict[str, Any] | str,
-                              window: TrainingWindow) -> None:
+    async def publish_outcome(self, trigger: h.Trigger, result: dict[str, Any] | str, plan: policy.Plan) -> None:
         """Publish until acked (retrying), then fold the events in at once so the next
         version number is right even before ``models`` is read back."""
-        events = self.outcome_events(trigger, result, window)
+        events = self.outcome_events(trigger, result, plan)
         trigger.closed = True  # from here on, new triggers wait for the next training
         outs = [Out(MODELS.name, codec.dumps(e.model_dump(mode="json")), str(e.version).encode())
                 for e in events]
@@ -192,6 +323,7 @@ class Retrain:
                 await asyncio.sleep(self.settings.retrain_publish_retry_s)
         for ev in events:
             self.on_model_event(ev)
+        await self.flush()
         log.info("published %s for v%d (trigger %s)", "+".join(e.event for e in events),
                  events[0].version, trigger.label)
 
@@ -212,6 +344,8 @@ class Retrain:
             start = begin[tp]
             if tp.topic == PREDICTIONS_LABELED.name:
                 start = max(start, end[tp] - self.buffer.capacity)
+            elif tp.topic == METRICS.name:  # only the newest snapshots matter
+                start = max(start, end[tp] - 1000)
             consumer.seek(tp, start)
         return consumer, end
 
@@ -222,13 +356,16 @@ class Retrain:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
+        s, r = self.settings, self.spec.retrain
         await ensure_topics(s.kafka_bootstrap)
+        self.code_version = code_version(s)
         consumer, end = await self.open_consumer()
         self.producer = make_producer(s)
         await self.producer.start()
-        log.info("retrain started: spec %s, min_labels %d, window %d, metric %s", self.spec.name,
-                 self.spec.retrain.min_labels, self.spec.retrain.window, self.spec.retrain.primary_metric)
+        await self.warm_up()
+        log.info("retrain started: spec %s, min_labels %d, window %d, metric %s, budget %d/h, rollout %s, code %s",
+                 self.spec.name, r.min_labels, r.window, r.primary_metric, r.budget_per_hour,
+                 "shadow first" if self.spec.rollout.enabled else "off", self.code_version)
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=s.retrain_poll_ms, max_records=s.retrain_batch)
@@ -239,9 +376,14 @@ class Retrain:
                     self.catch_up_done()
                 if self.caught_up and (batches or self.state.in_flight is None):
                     self.decide()
+                await self.flush()
         finally:
+            self.stopping = True
             if self.training is not None and not self.training.done():
                 self.training.cancel()
+            for proc in self.spares:
+                await trainer.discard(proc)
+            await self.flush()
             await consumer.stop()
             await self.producer.stop()
 

@@ -1,5 +1,7 @@
 """Pure retrain-controller logic: the labeled-row buffer, triggers and their debounce,
-the train/holdout split, the validation gate, and the ModelEvents a training yields.
+the policy per trigger (drift rules, performance floor, schedule, new labels, requests),
+the guards (budget, label minimum), the train/holdout split, the holdout gate and the
+ModelEvents a training yields.
 
 No Kafka, Redis or I/O here: :mod:`services.retrain.app` feeds records in and acts on
 the returned decisions, and the unit tests drive these functions directly.
@@ -17,31 +19,44 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.contracts import DriftAlert, LabeledPrediction, ModelEvent, RetrainRequest, TrainingWindow
-from shared.spec import UseCaseSpec
+from shared.contracts import (
+    DriftAlert,
+    LabeledPrediction,
+    ModelEvent,
+    RetrainRequest,
+    TrainingWindow,
+)
+from shared.spec import DriftRule, RetrainSpec, UseCaseSpec
 
 BOOTSTRAP = "bootstrap"
-RETRAIN_KINDS = frozenset({"data_drift", "prediction_drift", "concept_drift"})
 LOWER_IS_BETTER = frozenset({"log_loss"})
 
 
 @dataclass(frozen=True)
 class Row:
-    """One labeled prediction, reduced to what training needs (features AS SERVED)."""
+    """One labeled prediction, reduced to what training needs (features AS SERVED), plus
+    where it came from (lineage: partition/offset of predictions.labeled) and what production
+    answered (``model_version``/``score``: the replay compares against them)."""
 
     prediction_id: str
     served_at: float
     features: dict[str, Any]
     actual: bool
     revision: int = 1
+    labeled_at: float = 0.0
+    partition: int = -1
+    offset: int = -1
+    model_version: int = -1
+    score: float | None = None
 
 
-def to_row(rec: LabeledPrediction) -> Row | None:
+def to_row(rec: LabeledPrediction, partition: int = -1, offset: int = -1) -> Row | None:
     """Shadow predictions duplicate a champion request, so they would double-count it."""
     if rec.role == "shadow":
         return None
     actual = rec.actual if isinstance(rec.actual, bool) else rec.actual >= 0.5
-    return Row(rec.prediction_id, rec.served_at, dict(rec.features), actual, rec.revision)
+    return Row(rec.prediction_id, rec.served_at, dict(rec.features), actual, rec.revision, rec.labeled_at,
+               partition, offset, rec.model_version, rec.score)
 
 
 class LabeledBuffer:
@@ -73,6 +88,9 @@ class LabeledBuffer:
         return sum(1 for r in self._rows.values() if after is None or r.served_at > after)
 
 
+Mode = Literal["stateless", "stateful"]
+
+
 @dataclass
 class Trigger:
     """One pending (or running) retrain; later triggers for the same champion merge in."""
@@ -80,23 +98,39 @@ class Trigger:
     ids: list[str]
     since: float | None
     champion: int
-    fresh_after: float | None = None  # bootstrap retry: need min_labels rows newer than this
+    fresh_after: float | None = None  # retry after a rejection: need min_labels rows newer than this
     closed: bool = False  # its model events are built: later triggers can no longer join it
+    mode: Mode = "stateless"
+    basis: str = "recent"  # recent | change_point | since
+    raised_at: float = 0.0  # wall clock: how long a change-point window has been waited for
+    version: int | None = None  # the candidate version, reserved when training starts
 
     @property
     def label(self) -> str:
         return ",".join(self.ids)
 
+    @property
+    def kind(self) -> str:
+        return kind_of(self.ids[0]) if self.ids else ""
+
+
+def kind_of(trigger_id: str) -> str:
+    return trigger_id.split(":", 1)[0]
+
 
 @dataclass(frozen=True)
 class Decision:
-    action: Literal["pending", "merged", "skip"]
+    action: Literal["pending", "merged", "skip", "defer"]
     reason: str
+    code: str = ""  # machine-readable: budget, too_few_labels, duplicate_incident, policy, ...
+    trigger_id: str = ""
+    mode: Mode | None = None
 
 
 @dataclass
 class ControllerState:
-    """What the controller knows from ``models`` plus its own pending/running trigger."""
+    """What the controller knows from ``models`` (and ``retrain.decisions``) plus its own
+    pending/running trigger."""
 
     champion: int = 0
     max_version: int = 0
@@ -105,6 +139,18 @@ class ControllerState:
     bootstrap_rejected_end: float | None = None
     pending: Trigger | None = None
     in_flight: Trigger | None = None
+    # per parent version: the end of the newest rejected attempt's window and how many there were
+    attempt_end: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+    last_attempt_at: float = 0.0  # created_at of the newest training outcome (schedule)
+    champion_since: float = 0.0
+    train_starts: list[float] = field(default_factory=list)  # wall times (budget)
+    dropped: list[str] = field(default_factory=list)  # ids dropped on a champion change
+    challenger: int | None = None  # a passing candidate in shadow/canary rollout (services/rollout)
+    # served time where the newest known concept starts: the latest change point any training
+    # window was cut at (passed or rejected); periodic triggers whose policy window is
+    # "change_point" relearn from here, so a refinement never mixes the old concept back in
+    concept_since: float | None = None
 
 
 def split_ids(trigger: str) -> list[str]:
@@ -117,14 +163,26 @@ def apply_model_event(state: ControllerState, ev: ModelEvent) -> None:
     ids = split_ids(ev.trigger)
     if ev.event in ("registered", "promoted", "rejected"):
         state.handled.update(i for i in ids if i != BOOTSTRAP)
-    if ev.event == "rejected" and ev.parent == 0 and ev.trained_on is not None:
-        # a candidate lost to the baseline: the next bootstrap waits for fresh rows
-        state.bootstrap_rejected_end = max(state.bootstrap_rejected_end or 0.0, ev.trained_on.end)
+    if ev.event in ("registered", "rejected") and ev.trained_on is not None:
+        state.last_attempt_at = max(state.last_attempt_at, ev.created_at)
+    if ev.event == "rejected" and ev.trained_on is not None and ev.parent is not None:
+        if ev.parent == 0:  # a candidate lost to the baseline: the next bootstrap waits for fresh rows
+            state.bootstrap_rejected_end = max(state.bootstrap_rejected_end or 0.0, ev.trained_on.end)
+        if ev.trained_on.end > state.attempt_end.get(ev.parent, float("-inf")):
+            state.attempt_end[ev.parent] = ev.trained_on.end
+            state.attempts[ev.parent] = state.attempts.get(ev.parent, 0) + 1
     if ev.event == "promoted" and ev.artifact_b64:
         state.promoted[ev.version] = ev
+    if ev.event != "rolled_back" and ev.trained_on is not None and ev.trained_on.basis == "change_point" \
+            and ev.trained_on.since is not None:
+        state.concept_since = max(state.concept_since or float("-inf"), ev.trained_on.since)
+    if ev.event == "promoted" and ev.strategy in ("shadow", "canary") and ev.version != state.champion:
+        state.challenger = ev.version
+    if becomes_champion(ev):
+        state.challenger = None  # full promotion or rollback: the rollout is over
     if becomes_champion(ev) and ev.version != state.champion:
-        state.champion = ev.version
-        state.pending = _retarget(state.pending, state.champion)
+        state.champion, state.champion_since = ev.version, ev.created_at
+        state.pending = _retarget(state, state.pending, state.champion)
 
 
 def becomes_champion(ev: ModelEvent) -> bool:
@@ -133,12 +191,28 @@ def becomes_champion(ev: ModelEvent) -> bool:
     return ev.event == "rolled_back" or (ev.event == "promoted" and ev.strategy in (None, "full"))
 
 
-def _retarget(pending: Trigger | None, champion: int) -> Trigger | None:
-    """The champion changed: bootstrap and drift ids were about the old one; requests stay."""
+def learned_since(ev: ModelEvent | None, since: float) -> bool:
+    """Was this version trained only on rows from ``since`` on (a fresh window, not a
+    stateful continuation of a parent that learned the older data)?"""
+    w = ev.trained_on if ev is not None else None
+    return w is not None and w.basis != "stateful" and w.start >= since
+
+
+def _retarget(state: ControllerState, pending: Trigger | None, champion: int) -> Trigger | None:
+    """The champion changed: bootstrap, performance, schedule and new-labels ids were about
+    the old one (dropped, reported); requests stay, and so do change-point drift ids unless
+    the new champion already learned from that change point (e.g. a routine refresh on the
+    recent window, started before the incident, still mixes the old concept in)."""
     if pending is None or pending.champion == champion:
         return pending
-    ids = [i for i in pending.ids if i.startswith("request:")]
-    return Trigger(ids, pending.since, champion) if ids else None
+    keep_drift = pending.basis == "change_point" and pending.since is not None \
+        and state.promoted.get(champion) is not None and not learned_since(state.promoted[champion], pending.since)
+    ids = [i for i in pending.ids if i.startswith("request:") or (keep_drift and i.startswith("drift:"))]
+    state.dropped.extend(i for i in pending.ids if i not in ids)
+    if not ids:
+        return None
+    return Trigger(ids, pending.since, champion, mode=pending.mode, basis=pending.basis,
+                   raised_at=pending.raised_at)
 
 
 def merge_since(a: float | None, b: float | None) -> float | None:
@@ -148,82 +222,124 @@ def merge_since(a: float | None, b: float | None) -> float | None:
     return min(a, b)
 
 
+def _duplicate_code(trigger_id: str) -> str:
+    return "duplicate_incident" if trigger_id.startswith("drift:") else f"duplicate_{kind_of(trigger_id)}"
+
+
 def raise_trigger(state: ControllerState, trigger_id: str, since: float | None,
-                  fresh_after: float | None = None) -> Decision:
-    """Debounce: one retrain per champion version at a time; later triggers merge into it."""
+                  fresh_after: float | None = None, mode: Mode = "stateless", basis: str | None = None,
+                  now: float = 0.0) -> Decision:
+    """Debounce: one retrain per champion version at a time; later triggers merge into it.
+    Merging: the earliest start wins and stateless wins (a concept change dominates)."""
+    basis = basis or ("since" if since is not None else "recent")
     for active, where in ((state.in_flight, "training"), (state.pending, "pending")):
         if active is not None and trigger_id in active.ids:
-            return Decision("skip", f"{trigger_id} already {where}")
+            return Decision("skip", f"{trigger_id} already {where}", _duplicate_code(trigger_id), trigger_id)
     running = state.in_flight
-    if running is not None and running.champion == state.champion and not running.closed:
+    if running is not None and running.champion == state.champion and not running.closed \
+            and _covers(running, since, mode):
         running.ids.append(trigger_id)
-        return Decision("merged", f"{trigger_id} merged into running training {running.label}")
-    if state.pending is not None:
-        state.pending.ids.append(trigger_id)
-        state.pending.since = merge_since(state.pending.since, since)
-        return Decision("merged", f"{trigger_id} merged into pending {state.pending.label}")
-    state.pending = Trigger([trigger_id], since, state.champion, fresh_after)
-    return Decision("pending", f"{trigger_id} pending (since={since})")
+        return Decision("merged", f"{trigger_id} merged into running training {running.label}",
+                        "debounced", trigger_id, running.mode)
+    pending = state.pending
+    if pending is not None:
+        pending.ids.append(trigger_id)
+        pending.since = merge_since(pending.since, since)
+        pending.mode = "stateless" if "stateless" in (pending.mode, mode) else "stateful"
+        if pending.basis == "recent" or basis == "change_point":
+            pending.basis = basis if pending.since is not None else "recent"
+        return Decision("merged", f"{trigger_id} merged into pending {pending.label}", "debounced",
+                        trigger_id, pending.mode)
+    state.pending = Trigger([trigger_id], since, state.champion, fresh_after, mode=mode, basis=basis,
+                            raised_at=now)
+    return Decision("pending", f"{trigger_id} pending ({mode}, since={since})", "accepted", trigger_id, mode)
 
 
-def on_alert(state: ControllerState, alert: DriftAlert) -> Decision:
+def _covers(running: Trigger, since: float | None, mode: Mode) -> bool:
+    """Does the running training's window answer a trigger that needs rows from ``since``
+    on (and a fresh model if stateless)? If not, the trigger waits for the next training
+    instead of being marked answered by one planned without it."""
+    if mode == "stateless" and running.mode == "stateful":
+        return False
+    return since is None or (running.since is not None and running.since >= since)
+
+
+_SEVERITY = {"low": 0, "medium": 1, "high": 2}
+
+
+def drift_rule(spec: UseCaseSpec | None, alert: DriftAlert) -> DriftRule | None:
+    """The first rule of ``retrain.drift_rules`` matching the alert's kind and severity."""
+    rules = spec.retrain.drift_rules if spec is not None else RetrainSpec().drift_rules
+    for rule in rules:
+        if alert.kind in rule.kinds and _SEVERITY[alert.severity] >= _SEVERITY[rule.min_severity]:
+            return rule
+    return None
+
+
+def on_alert(state: ControllerState, alert: DriftAlert, spec: UseCaseSpec | None = None,
+             now: float = 0.0) -> Decision:
     """One retrain per incident: the trigger id is the incident's, so its later updates are
     already handled (or merged). An incident may open on a data-quality finding and become
-    covariate shift a window later, so the first alert of a retrain-worthy kind counts,
-    whether it is the opening one or an update; a resolution never does."""
+    covariate shift a window later, so the first alert a rule accepts counts, whether it is
+    the opening one or an update; a resolution never does."""
     trigger_id = f"drift:{alert.incident_id or alert.alert_id}"
     if trigger_id in state.handled:
-        return Decision("skip", f"{trigger_id} already handled")
+        return Decision("skip", f"{trigger_id} already handled", "duplicate_incident", trigger_id)
     if alert.status == "resolved":
-        return Decision("skip", f"{trigger_id}: incident resolved")
-    if alert.kind not in RETRAIN_KINDS:
-        return Decision("skip", f"{trigger_id}: {alert.kind} alerts do not trigger retraining")
-    if alert.model_version != state.champion:
-        return Decision("skip", f"{trigger_id} is about v{alert.model_version}; champion is v{state.champion}")
-    return raise_trigger(state, trigger_id, alert.window.start)
+        return Decision("skip", f"{trigger_id}: incident resolved", "resolved", trigger_id)
+    rule = drift_rule(spec, alert)
+    if rule is None or rule.mode == "skip":
+        return Decision("skip", f"{trigger_id}: no retrain rule for {alert.severity} {alert.kind} alerts",
+                        "policy", trigger_id)
+    if alert.model_version != state.champion and not _still_applies(state, alert):
+        return Decision("skip", f"{trigger_id} is about v{alert.model_version}; champion is v{state.champion}",
+                        "stale_model", trigger_id)
+    since = None
+    if rule.window == "change_point":
+        since = alert.change_point_at if alert.change_point_at is not None else alert.window.start
+    return raise_trigger(state, trigger_id, since, mode=rule.mode, basis=rule.window if since is not None
+                         else "recent", now=now)
 
 
-def on_request(state: ControllerState, req: RetrainRequest) -> Decision:
+def _still_applies(state: ControllerState, alert: DriftAlert) -> bool:
+    """A concept change (the label relation moved at a point in time) about an older version
+    still concerns a newer champion that did not learn from that point on -- e.g. a routine
+    refresh promoted while the incident was being detected. Data/prediction drift is measured
+    against one version's reference, so it never carries over."""
+    champ = state.promoted.get(state.champion)
+    cp = alert.change_point_at if alert.change_point_at is not None else alert.window.start
+    return (alert.kind == "concept_drift" and alert.model_version < state.champion and champ is not None
+            and champ.trained_on is not None and not learned_since(champ, cp))
+
+
+def on_request(state: ControllerState, req: RetrainRequest, spec: UseCaseSpec | None = None,
+               now: float = 0.0) -> Decision:
     trigger_id = f"request:{req.request_id}"
     if trigger_id in state.handled:
-        return Decision("skip", f"{trigger_id} already handled")
-    return raise_trigger(state, trigger_id, req.since)
+        return Decision("skip", f"{trigger_id} already handled", "duplicate_request", trigger_id)
+    policy = spec.retrain.on_request if spec is not None else RetrainSpec().on_request
+    return raise_trigger(state, trigger_id, req.since, mode=req.mode or policy.mode, now=now)
 
 
-def on_bootstrap(state: ControllerState, spec: UseCaseSpec) -> Decision | None:
+def on_bootstrap(state: ControllerState, spec: UseCaseSpec, now: float = 0.0) -> Decision | None:
     """While the baseline serves, keep a bootstrap trigger pending (None: nothing to do)."""
-    if state.champion != 0 or not spec.retrain.bootstrap:
+    if state.champion != 0 or not spec.retrain.bootstrap or state.challenger is not None:
         return None
     for active in (state.pending, state.in_flight):
         if active is not None and BOOTSTRAP in active.ids:
             return None
     if state.in_flight is not None:
         return None
-    return raise_trigger(state, BOOTSTRAP, None, fresh_after=state.bootstrap_rejected_end)
+    return raise_trigger(state, BOOTSTRAP, None, fresh_after=state.bootstrap_rejected_end, now=now)
 
 
-def readiness(state: ControllerState, buffer: LabeledBuffer, min_labels: int) -> tuple[bool, str]:
-    """Is the pending trigger ready to train? Always returns a human-readable why."""
-    if state.in_flight is not None:
-        return False, f"training {state.in_flight.label} in progress"
-    pending = state.pending
-    if pending is None:
-        return False, "idle: no pending trigger"
-    have = len(buffer.eligible(pending.since))
-    if have < min_labels:
-        return False, f"{pending.label} waiting: {have}/{min_labels} labeled rows since {pending.since}"
-    if pending.fresh_after is not None:
-        fresh = buffer.count_after(pending.fresh_after)
-        if fresh < min_labels:
-            return False, (f"{pending.label} waiting: {fresh}/{min_labels} new labeled rows since "
-                           f"the rejected bootstrap (data up to {pending.fresh_after})")
-    return True, f"{pending.label} ready: {have} labeled rows since {pending.since}"
-
-
-def start_training(state: ControllerState) -> Trigger:
-    """Move the pending trigger to in-flight; the caller checked :func:`readiness`."""
+def start_training(state: ControllerState, now: float = 0.0) -> Trigger:
+    """Move the pending trigger to in-flight and reserve its version; the caller checked
+    :func:`check_ready`. The start counts against the budget."""
     assert state.pending is not None
     state.in_flight, state.pending = state.pending, None
+    state.in_flight.version = state.max_version + 1
+    state.train_starts.append(now)
     return state.in_flight
 
 
@@ -254,23 +370,27 @@ def training_window(rows: list[Row]) -> TrainingWindow:
 
 
 def model_events(result: dict[str, Any], trigger: Trigger, version: int, parent: int, passed: bool,
-                 reason: str, window: TrainingWindow, threshold: float, now: float) -> list[ModelEvent]:
-    """Pass: ``registered`` then ``promoted`` (both complete). Fail: ``rejected`` with metrics
-    (the version number is still consumed, so numbers stay unique)."""
+                 reason: str, window: TrainingWindow, threshold: float, now: float,
+                 lineage: dict[str, Any] | None = None, strategy: str | None = None) -> list[ModelEvent]:
+    """Pass: ``registered`` then ``promoted`` (both complete; ``strategy`` "shadow" hands the
+    candidate to the rollout controller). Fail: ``rejected`` with metrics, lineage and the
+    signed artifact (so a human can still promote it deliberately); the version number is
+    consumed either way, so numbers stay unique."""
     common: dict[str, Any] = dict(
         version=version, parent=parent, created_at=now, trigger=trigger.label, reason=reason,
         threshold=threshold, trained_on=window, metrics=result["metrics"],
-        champion_metrics=result["champion_metrics"],
+        champion_metrics=result["champion_metrics"], **(lineage or {}),
     )
-    if not passed:
-        return [ModelEvent(event="rejected", **common)]
     full = dict(common, reference_profile=result["profile"], artifact_b64=result["artifact_b64"],
                 artifact_sha256=result["sha256"], signature=result["signature"])
-    return [ModelEvent(event="registered", **full), ModelEvent(event="promoted", **full)]
+    if not passed:
+        return [ModelEvent(event="rejected", **full)]
+    return [ModelEvent(event="registered", **full), ModelEvent(event="promoted", strategy=strategy, **full)]
 
 
 def failure_event(trigger: Trigger, version: int, parent: int, reason: str, window: TrainingWindow,
-                  now: float) -> ModelEvent:
+                  now: float, lineage: dict[str, Any] | None = None) -> ModelEvent:
     """Training crashed or the champion changed meanwhile: answer the trigger anyway, once."""
     return ModelEvent(event="rejected", version=version, parent=parent, created_at=now,
-                      trigger=trigger.label, reason=reason, trained_on=window)
+                      trigger=trigger.label, reason=reason, trained_on=window, reasons=(reason,),
+                      **(lineage or {}))

@@ -64,12 +64,17 @@ def record(data_dir: Path, ev: ModelEvent) -> None:
             _atomic_write(art, base64.b64decode(ev.artifact_b64))
     path = root / f"v{ev.version}.json"
     meta: dict[str, Any] = _read_json(path) or {"version": ev.version, "history": []}
-    entry = {"event": ev.event, "created_at": ev.created_at, "trigger": ev.trigger, "reason": ev.reason}
+    entry = {"event": ev.event, "created_at": ev.created_at, "trigger": ev.trigger, "reason": ev.reason,
+             "who": ev.who, "strategy": ev.strategy}
     if entry in meta["history"]:
         return
     meta["history"].append(entry)
+    # Immutable: the first event that says something about a field fixes it (a later CLI
+    # promotion or a rollback adds history, it does not rewrite trigger, parent or lineage).
     fields = ev.model_dump(mode="json", exclude={"artifact_b64", "event"}, exclude_defaults=True)
-    meta.update({k: v for k, v in fields.items() if v not in (None, "", {}, [])})
+    for key, value in fields.items():
+        if value not in (None, "", {}, [], ()) and key not in meta:
+            meta[key] = value
     meta["status"] = ev.event
     _write_json(path, meta)
     if becomes_champion(ev):
@@ -98,6 +103,8 @@ def list_versions(data_dir: Path) -> list[dict[str, Any]]:
             "version": meta["version"], "status": meta.get("status"), "parent": meta.get("parent"),
             "created_at": meta.get("created_at"), "trigger": meta.get("trigger", ""),
             "metrics": meta.get("metrics", {}), "champion": meta["version"] == serving,
+            "policy": meta.get("policy"), "trained_on": meta.get("trained_on"),
+            "artifact_sha256": meta.get("artifact_sha256"),
         })
     return sorted(out, key=lambda m: m["version"])
 

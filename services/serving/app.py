@@ -91,11 +91,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def add_predict_routes(app: FastAPI, svc: Predictor) -> None:
-    def body_doc(model: type[BaseModel]) -> dict[str, Any]:
-        return {"requestBody": {"required": True, "content": {"application/json": {
-            "schema": schemas.inline_schema(model)}}}}
+    item = schemas.example_item(schemas.inline_schema(svc.request_model)["properties"]["features"])
+    batch = {"items": [item, {**item, "entity_id": "card-7"}]}
 
-    @app.post("/predict", openapi_extra=body_doc(svc.request_model),
+    def body_doc(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+        content: dict[str, Any] = {"schema": schemas.inline_schema(model)}
+        try:
+            model.model_validate(example)  # documented only if the spec's own rules accept it
+            content["example"] = example
+        except ValueError:
+            pass
+        return {"requestBody": {"required": True, "content": {"application/json": content}}}
+
+    @app.post("/predict", openapi_extra=body_doc(svc.request_model, item),
               responses={200: {"model": schemas.PredictResponse}, **ERRORS})
     async def predict(request: Request) -> Response:
         """Score one entity: its online features merged with the request-time fields."""
@@ -105,7 +113,7 @@ def add_predict_routes(app: FastAPI, svc: Predictor) -> None:
         request.state.model_version = result["model_version"]
         return json_response(result)
 
-    @app.post("/predict/batch", openapi_extra=body_doc(svc.batch_model),
+    @app.post("/predict/batch", openapi_extra=body_doc(svc.batch_model, batch),
               responses={200: {"model": schemas.PredictBatchResponse}, **ERRORS})
     async def predict_batch(request: Request) -> Response:
         """Score up to `RIVULET_SERVING_BATCH_MAX_ITEMS` entities with one Redis round trip.
@@ -122,7 +130,8 @@ def add_ops_routes(app: FastAPI, svc: Predictor) -> None:
         """The process is up (never checks dependencies; no API key needed)."""
         return json_response({"status": "ok"})
 
-    @app.get("/ready", responses={503: {"description": "not ready"}})
+    @app.get("/ready", responses={200: {"model": schemas.ReadyResponse},
+                                  503: {"model": schemas.ReadyResponse, "description": "not ready"}})
     async def ready() -> Response:
         """Ready = the `models` topic has been replayed and Redis answers."""
         redis_ok = await svc.redis_reachable()
@@ -131,14 +140,19 @@ def add_ops_routes(app: FastAPI, svc: Predictor) -> None:
                 "model_version": svc.registry.current.version}
         return json_response(body, 200 if body["ready"] else 503)
 
-    @app.get("/models", responses={401: ERRORS[401]})
+    @app.get("/models", responses={200: {"model": schemas.ModelsResponse}, 401: ERRORS[401]})
     async def models() -> Response:
-        """Champion, challenger (shadow or canary) and routing, plus the recent model events."""
+        """Champion, challenger (shadow or canary) and routing; each version's lineage as announced
+        on `models` (parent, trigger, trained_on, metrics, who, reason...); recent model events."""
         return json_response(svc.describe_models())
 
-    @app.get("/metrics", responses={401: ERRORS[401]})
+    @app.get("/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: ERRORS[401]})
     async def metrics() -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics: `rivulet_serving_requests_total` and
+        `rivulet_serving_request_latency_seconds` (per endpoint and model version),
+        `rivulet_serving_feature_fetch_latency_seconds`, `rivulet_serving_prediction_log_queue_depth`,
+        `rivulet_serving_prediction_log_dropped_total` (per reason), `rivulet_serving_degraded_total`
+        (per reason), `rivulet_serving_model_version`."""
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

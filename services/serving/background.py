@@ -13,7 +13,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,12 +40,16 @@ class PredictionLog:
 
     def __init__(self, size: int, batch: int, on_drop: Callable[[str, int], None] | None = None,
                  max_backoff_s: float = 5.0, send_timeout_s: float = 10.0, drain_timeout_s: float = 8.0) -> None:
-        self.queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue(maxsize=size)
+        # A deque, not an asyncio.Queue: a /predict/batch enqueues all its records in ONE
+        # extend (no per-record put/wake-up), and the sender takes a whole batch at once.
+        self.queue: deque[tuple[bytes, bytes]] = deque()
+        self.size = size
         self.batch = batch
         self.dropped: Counter[str] = Counter()
         self.sent = 0
         self.failures = 0  # consecutive failed sends (0 = the broker is answering)
         self._pending: list[tuple[bytes, bytes]] = []
+        self._wake = asyncio.Event()
         self._on_drop = on_drop
         self._max_backoff_s = max_backoff_s
         self._send_timeout_s = send_timeout_s
@@ -53,16 +57,29 @@ class PredictionLog:
 
     def depth(self) -> int:
         """Records not yet acknowledged by the broker (queued + the batch being sent)."""
-        return self.queue.qsize() + len(self._pending)
+        return len(self.queue) + len(self._pending)
 
     def offer(self, key: bytes, value: bytes) -> bool:
         """Enqueue without ever blocking; False (and counted) when the queue is full."""
-        try:
-            self.queue.put_nowait((key, value))
-            return True
-        except asyncio.QueueFull:
+        if len(self.queue) >= self.size:
             self._drop("queue_full", 1)
             return False
+        self.queue.append((key, value))
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def offer_many(self, records: list[tuple[bytes, bytes]]) -> int:
+        """Enqueue what fits (never blocks); the rest is dropped and counted. Returns how many fit."""
+        room = self.size - len(self.queue)
+        if room >= len(records):
+            self.queue.extend(records)
+        else:
+            self.queue.extend(records[:max(room, 0)])
+            self._drop("queue_full", len(records) - max(room, 0))
+        if not self._wake.is_set():
+            self._wake.set()
+        return min(max(room, 0), len(records))
 
     def _drop(self, reason: str, count: int) -> None:
         self.dropped[reason] += count
@@ -90,15 +107,17 @@ class PredictionLog:
 
     async def _take(self, stop: asyncio.Event) -> bool:
         """Fill the pending batch from the queue; False once stopped and empty."""
-        while not self._pending:
-            if stop.is_set() and self.queue.empty():
+        while not self.queue:
+            if stop.is_set():
                 return False
+            self._wake.clear()
             try:
-                self._pending.append(await asyncio.wait_for(self.queue.get(), timeout=0.2))
+                await asyncio.wait_for(self._wake.wait(), timeout=0.2)
             except TimeoutError:
                 continue
-        while len(self._pending) < self.batch and not self.queue.empty():
-            self._pending.append(self.queue.get_nowait())
+        take = min(self.batch, len(self.queue))
+        popleft = self.queue.popleft
+        self._pending = [popleft() for _ in range(take)]
         return True
 
     async def _attempt(self, producer: AIOKafkaProducer | None,

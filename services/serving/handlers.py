@@ -209,12 +209,18 @@ def inputs(raw_hash: Mapping[str, Any], item: Mapping[str, Any], table: tuple[tu
     parse_feature_hash(...)), request_fields(item))`` (a unit test checks it), without the
     intermediate dicts. Returns (raw, used, event time)."""
     raw: dict[str, Any] = {}
+    get = raw_hash.get
     for name, default in table:
-        value = raw_hash.get(name)
-        number = None if value is None else _to_float(value)
-        if number is not None:
-            raw[name] = number
-        elif default is not None:
+        value = get(name)
+        if value is not None:
+            try:  # _to_float inlined: this loop runs once per feature per prediction
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if number - number == 0.0:  # finite (NaN and +-inf give NaN)
+                raw[name] = number
+                continue
+        if default is not None:
             raw[name] = default
     fields = item.get("features")
     if fields:

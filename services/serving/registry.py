@@ -19,12 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.contracts import ModelEvent
-from shared.modeling import ArtifactRejected, BaselineModel, Scorer, load_verified, sha256
+from shared.modeling import (ArtifactRejected, BaselineModel, BatchScorer, Scorer, batch_scorer, load_verified,
+                             score, sha256)
 from shared.spec import UseCaseSpec
 
 from services.serving.rollout import RouteState, Strategy, in_canary, transition
 
 log = logging.getLogger(__name__)
+VECTORISE_FROM = 8
+# Not echoed by /models: the artifact is large and opaque, the profile is monitoring's input.
+LINEAGE_EXCLUDED = frozenset({"artifact_b64", "reference_profile"})
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,20 @@ class Champion:
     threshold: float
     metrics: dict[str, float] = field(default_factory=dict)
     since: float = 0.0
+    many: BatchScorer | None = None  # compiled at load: vectorised for the linear pipeline
+    event: dict[str, Any] = field(default_factory=dict)  # the announcement, minus artifact/profile
+
+    def score_rows(self, raws: list[dict[str, Any]], spec: UseCaseSpec) -> list[float]:
+        """Scores of raw rows: River row by row for a few (exact, and cheaper than numpy's
+        set-up), the compiled batch scorer from ``VECTORISE_FROM`` rows on (within 1e-9)."""
+        if self.many is None or len(raws) < VECTORISE_FROM:
+            model = self.model
+            return [score(model, raw, spec) for raw in raws]
+        return self.many(raws)
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "threshold": self.threshold,
-                "metrics": dict(self.metrics), "since": self.since}
+                "metrics": dict(self.metrics), "since": self.since, "lineage": dict(self.event)}
 
 
 @dataclass(frozen=True)
@@ -74,12 +88,16 @@ class Refused(Exception):
 
 class ModelRegistry:
     def __init__(self, spec: UseCaseSpec, secret: str, history_size: int = 200) -> None:
-        baseline = Champion(0, BaselineModel(spec.model.baseline), spec.model.threshold, {}, time.time())
+        baseline = Champion(0, BaselineModel(spec.model.baseline), spec.model.threshold, {}, time.time(),
+                            event={"version": 0, "event": "baseline", "reason": "the spec's baseline model"})
+        self._spec = spec
         self.routing = Routing(baseline)
         self.state = RouteState()
         self._secret = secret
         self._known: dict[int, Champion] = {0: baseline}
         self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
+        # version -> its latest announcement (registered / promoted / rejected), for /models
+        self.lineage: dict[int, dict[str, Any]] = {0: baseline.event}
         self.caught_up = False  # set once the models topic has been replayed to its end
 
     @property
@@ -96,6 +114,8 @@ class ModelRegistry:
         A refused event changes nothing: whatever served before keeps serving."""
         now = time.time() if now is None else now
         reason = event.reason
+        if event.event != "rolled_back":  # a rollback says nothing new about the version itself
+            self.lineage[event.version] = lineage(event)
         try:
             if event.event == "promoted":
                 self._known[event.version] = self._load(event)
@@ -145,7 +165,14 @@ class ModelRegistry:
             raise Refused(f"artifact could not be loaded: {exc!r}") from None
         if not callable(getattr(model, "predict_proba_one", None)):
             raise Refused("artifact is not a model (no predict_proba_one)")
-        return Champion(event.version, model, event.threshold, dict(event.metrics))
+        return Champion(event.version, model, event.threshold, dict(event.metrics),
+                        many=batch_scorer(model, self._spec), event=lineage(event))
+
+
+def lineage(event: ModelEvent) -> dict[str, Any]:
+    """Every field of the announcement (whatever ModelEvent carries now or later) except the
+    artifact and the reference profile."""
+    return {k: v for k, v in event.model_dump(mode="json").items() if k not in LINEAGE_EXCLUDED}
 
 
 def _since(model: Champion, before: Champion | None, now: float) -> Champion:

@@ -131,6 +131,9 @@ def test_incident_opens_reports_resolves_and_survives_a_replay(stack: Stack) -> 
     assert opened.kind in ("data_drift", "prediction_drift") and opened.test == "ks"
     assert opened.p_value is not None and opened.p_value < opened.threshold
     assert opened.window.count == 200 and opened.window.end >= 2_000.0  # never before the shift
+    # change_point_at: served time from which the data looks changed. Stationary traffic was
+    # served at 1000..1399, the shift from 2000: the split must be within 20 predictions of it.
+    assert opened.change_point_at is not None and 1_380.0 <= opened.change_point_at <= 2_020.0
 
     state = redis.Redis.from_url(stack.redis.url).hgetall(redis_keys.drift_state(1))
     amount = codec.loads(state[b"amount|ks"])
@@ -153,6 +156,7 @@ def test_incident_opens_reports_resolves_and_survives_a_replay(stack: Stack) -> 
     statuses = [a.status for a in alerts]
     assert statuses == ["opened"] + ["updated"] * (len(alerts) - 2) + ["resolved"], (alerts, stack.logs())
     assert {a.incident_id for a in alerts} == {opened.incident_id} and alerts[-1].window.end >= 3_000.0
+    assert {a.change_point_at for a in alerts} == {opened.change_point_at}
 
     # A new process with a fresh group replays all 1450 predictions: nothing new is published.
     stack.stop_services()

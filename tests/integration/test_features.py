@@ -111,20 +111,21 @@ def all_applied(r: redis_sync.Redis, last: dict[int, int]) -> bool:
     return all(done.get(p, -1) >= o for p, o in last.items())
 
 
-def assert_store_matches_batch_engine(r: redis_sync.Redis, events: list[dict[str, Any]]) -> None:
+def assert_store_matches_batch_engine(r: redis_sync.Redis, events: list[dict[str, Any]],
+                                      spec: UseCaseSpec = SPEC) -> None:
     by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ev in events:
         by_entity[ev["entity_id"]].append(ev)
     for entity, evs in by_entity.items():
         at = max(e["event_time"] for e in evs)
-        expected = compute_features(evs, at, SPEC)
-        stored = {k.decode(): v.decode() for k, v in r.hgetall(redis_keys.features(SPEC, entity)).items()}
+        expected = compute_features(evs, at, spec)
+        stored = {k.decode(): v.decode() for k, v in r.hgetall(redis_keys.features(spec, entity)).items()}
         assert float(stored.pop("_event_time")) == at, entity
         assert float(stored.pop("_written_at")) > 0
         assert set(stored) == {k for k, v in expected.items() if v is not None}, entity
         for name, value in stored.items():
             assert float(value) == pytest.approx(expected[name], rel=1e-9, abs=1e-9), (entity, name)
-        assert 0 < r.ttl(redis_keys.features(SPEC, entity)) <= SPEC.features_config.entity_ttl
+        assert 0 < r.ttl(redis_keys.features(spec, entity)) <= spec.features_config.entity_ttl
 
 
 def test_features_equal_batch_engine(stack: Stack) -> None:

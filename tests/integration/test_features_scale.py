@@ -2,8 +2,9 @@
 
 * Two workers in one consumer group share the partitions; a rebalance mid-stream (a second
   worker joins, then the first is SIGKILLed) keeps every entity's features exact.
-* State lives in Redis, not in the process: its RSS does not grow with the number of
-  distinct entities, and idle entities' keys expire after ``entity_ttl``.
+* Memory is bounded: the process keeps at most ``state_cache_entities`` windows (LRU), so
+  its RSS does not grow with the number of distinct entities; Redis holds the rest, and
+  idle entities' keys (features and window) expire after ``entity_ttl``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from shared.spec import default_spec_path, load_spec
 from tests.helpers import Stack, wait_for
 from tests.integration.test_features import (
     FAST,
-    BackgroundFeed,
     SPEC,
+    BackgroundFeed,
     all_applied,
     applied,
     assert_store_matches_batch_engine,
@@ -78,7 +79,8 @@ def test_memory_does_not_grow_with_entities_and_idle_entities_expire(stack: Stac
     spec = load_spec(spec_file)
     assert spec.features_config.entity_ttl == 4.0 and spec.feature_set_version == SPEC.feature_set_version
     r = redis_sync.Redis.from_url(stack.redis.url)
-    proc = stack.spawn("services.features", RIVULET_SPEC=spec_file, RIVULET_BATCH_SIZE=1000, **FAST)
+    proc = stack.spawn("services.features", RIVULET_SPEC=spec_file, RIVULET_BATCH_SIZE=1000,
+                       RIVULET_STATE_CACHE_ENTITIES=2000, **FAST)
     for rnd in range(2):  # two warm-up rounds: allocator pools and client buffers reach steady state
         last = produce(stack, _one_event_each(f"warm{rnd}", 3000))
         wait_for(lambda: all_applied(r, last), timeout=45, what="warm-up applied")
@@ -86,13 +88,14 @@ def test_memory_does_not_grow_with_entities_and_idle_entities_expire(stack: Stac
     last = produce(stack, _one_event_each("many", 12000))  # 2x the distinct entities seen so far
     wait_for(lambda: all_applied(r, last), timeout=60, what="12k new entities applied")
     after = _rss_kb(proc.pid)
-    # In-process state would cost well over 1 KB per entity (12 MB here); Redis holds it instead.
+    # Unbounded in-process state would cost well over 1 KB per entity (12 MB here); the cache
+    # was full (2000 windows) after the warm-up and stays so.
     assert after - warm < 8 * 1024, f"RSS grew from {warm} kB to {after} kB"
     last = produce(stack, _one_event_each("probe", 1))
     wait_for(lambda: all_applied(r, last), timeout=20, what="probe applied")
-    ttls = r.ttl(redis_keys.features(spec, "probe-0")), r.ttl(redis_keys.window_buffer(spec, "probe-0"))
+    ttls = r.ttl(redis_keys.features(spec, "probe-0")), r.ttl(redis_keys.window_events(spec, "probe-0"))
     assert all(0 < t <= 4 for t in ttls), ttls
-    pattern = f"{redis_keys.PREFIX}:{redis_keys.feature_set(spec)}:[fw]:*"
+    pattern = f"{redis_keys.PREFIX}:{redis_keys.feature_set(spec)}:[fw]*:*"
     wait_for(lambda: not r.keys(pattern), timeout=20, what="idle entities' keys expired")
     assert r.hgetall(redis_keys.applied_offsets(spec, "rivulet-features"))  # progress is kept
     assert proc.poll() is None

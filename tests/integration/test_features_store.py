@@ -1,8 +1,10 @@
-"""The Redis transaction of the features service, in-process against a real Redis.
+"""The Redis write of the features service, in-process against a real Redis.
 
-Covers what the process tests cannot force: a redelivered batch changes nothing, and a
-zombie writer racing the partition's new owner (same batches, concurrently) can neither
-lose the owner's updates nor move the applied offsets back (WATCH + MULTI/EXEC).
+Covers what the process tests cannot force: a redelivered batch changes nothing, a
+zombie writer (stale in-process cache) racing the partition's new owner can neither
+lose the owner's updates nor move the applied offsets back (the Lua compare-and-set),
+and the bounded window cache (hits, evictions, reloads) gives the same results as
+reading everything from Redis.
 """
 
 from __future__ import annotations
@@ -11,17 +13,11 @@ import asyncio
 import random
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from services.features.handlers import RawRecord, compute_features
-from services.features.store import (
-    applied_offsets,
-    apply_batch,
-    commit_plan,
-    read_and_plan,
-)
+from services.features.state import Cache
+from services.features.store import FeatureStore, applied_offsets, apply_batch
 from shared import codec, redis_keys
 from shared.embedded import ServerProcess
 from tests.unit.test_features import make_spec
@@ -72,27 +68,52 @@ async def test_redelivered_batch_changes_nothing(redis_server: ServerProcess) ->
 
 
 async def test_zombie_writer_cannot_lose_updates(redis_server: ServerProcess) -> None:
-    """A zombie read batch k, then the new owner applied k and k+1: the zombie's commit must fail
-    (else it would overwrite the buffers without k+1 and move the offsets back)."""
-    owner, zombie = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
+    """A zombie applied batch k-1 (its cache is warm), then the new owner applied k and k+1:
+    the zombie's write of k must be refused (else it would overwrite the windows without
+    k+1 and move the offsets back); it then re-reads Redis and skips k as redelivered."""
+    owner, zombie_redis = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
     try:
         events, recs = records(90, seed=2)
-        await apply_batch(owner, recs[:30], SPEC, GROUP)
-        async with zombie.pipeline(transaction=True) as tx:
-            stale = await read_and_plan(tx, recs[30:60], SPEC, GROUP)
-            assert stale.applied == 30
-            await apply_batch(owner, recs[30:60], SPEC, GROUP)
-            await apply_batch(owner, recs[60:], SPEC, GROUP)
-            with pytest.raises(WatchError):
-                await commit_plan(tx, stale, SPEC, GROUP, now=1.0)
-        retried = await apply_batch(zombie, recs[30:60], SPEC, GROUP)  # what apply_batch does next
+        zombie = FeatureStore(zombie_redis, SPEC, GROUP, Cache(100))
+        await zombie.apply(recs[:30])
+        assert len(zombie.cache) == 3 and zombie.cache.applied == {0: 29}
+        await apply_batch(owner, recs[30:60], SPEC, GROUP)
+        await apply_batch(owner, recs[60:], SPEC, GROUP)
+        retried = await zombie.apply(recs[30:60])
+        assert zombie.conflicts == 1
         assert retried.redelivered == 30 and not retried.buffers
         assert await applied_offsets(owner, SPEC, GROUP) == {0: 89}
         for entity in ("c0", "c1", "c2"):
             assert await stored(owner, entity) == expected(events, entity)
     finally:
         await owner.aclose()
-        await zombie.aclose()
+        await zombie_redis.aclose()
+
+
+async def test_bounded_cache_gives_the_results_of_redis(redis_server: ServerProcess) -> None:
+    """A cache of 2 windows for 3 entities: hits, LRU evictions and reloads all exact; an
+    entry older than the idle limit is reloaded (Redis may have expired the entity)."""
+    r = Redis.from_url(redis_server.url)
+    try:
+        events, recs = records(150, seed=4)
+        store = FeatureStore(r, SPEC, "cached", Cache(2))
+        for i in range(0, 150, 7):
+            await store.apply(recs[i:i + 7])
+            assert len(store.cache) <= 2
+        assert store.cache.hits > 0 and store.cache.misses > 3  # evicted entries were reloaded
+        for entity in ("c0", "c1", "c2"):
+            assert await stored(r, entity) == expected(events, entity)
+        await r.flushdb()
+        idle = FeatureStore(r, SPEC, "idle", Cache(10, max_idle_s=0.0))
+        for i in range(0, 150, 10):
+            await idle.apply(recs[i:i + 10])
+        assert idle.cache.hits == 0  # every entry too old: always read from Redis
+        for entity in ("c0", "c1", "c2"):
+            assert await stored(r, entity) == expected(events, entity)
+        stored_window = await r.hgetall(redis_keys.window_events(SPEC, "c0"))
+        assert {k.decode() for k in stored_window} == {e["event_id"] for e in idle.cache.windows["c0"].events}
+    finally:
+        await r.aclose()
 
 
 async def test_concurrent_writers_converge(redis_server: ServerProcess) -> None:
@@ -102,8 +123,9 @@ async def test_concurrent_writers_converge(redis_server: ServerProcess) -> None:
         batches = [recs[i:i + 10] for i in range(0, 200, 10)]
 
         async def run(client: Redis, todo: list[list[RawRecord]]) -> None:
+            store = FeatureStore(client, SPEC, GROUP, Cache(100))  # each writer with its own cache
             for batch in todo:
-                await apply_batch(client, batch, SPEC, GROUP)
+                await store.apply(batch)
 
         await asyncio.gather(run(clients[0], batches), run(clients[1], batches[:12]), run(clients[2], batches[:6]))
         assert await applied_offsets(clients[0], SPEC, GROUP) == {0: 199}

@@ -26,6 +26,7 @@ def write_spec(tmp: Path) -> Path:
     text = default_spec_path().read_text()
     text = re.sub(r"(?m)^min_labels = \d+", "min_labels = 200", text)
     text = re.sub(r"(?m)^window = 4000", "window = 800", text)
+    text = text.replace("\nenabled = true", "\nenabled = false")  # these tests promote directly, no rollout
     path = tmp / "retrain_spec.toml"
     path.write_text(text)
     assert load_spec(path).retrain.min_labels == 200
@@ -111,8 +112,8 @@ def test_bootstrap_drift_retrain_request_and_restart(stack: Stack) -> None:
     # 4. restart: state is rebuilt from the topics; nothing is answered twice
     stack.stop_services()
     stack.spawn("services.retrain", **env)
-    wait_for(lambda: service_log(stack).count("request:r1 waiting: 0/200") >= 2, what="request waiting again")
-    assert "caught up: champion v2, max version 2" in service_log(stack)
+    wait_for(lambda: "caught up: champion v2, max version 2" in service_log(stack), what="restart caught up")
+    wait_for(lambda: service_log(stack).count("status: request:r1 waiting: 0/200") >= 2, what="request waiting again")
     assert len(models(stack, lambda evs: False, timeout=2)) == 4
 
     # 5. enough labels after `since` -> the request is answered once, as version 3

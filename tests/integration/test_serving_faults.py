@@ -1,11 +1,13 @@
 """Serving while its dependencies fail, against real servers that are stopped and restarted on
-the same port: Redis comes back by itself; with the broker down predictions are still
+the same port (or paused: a slow Redis): Redis comes back by itself; with the broker down predictions are still
 answered, records wait in the bounded queue (overflow counted) and are sent when it returns."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import redis
 
 from services.serving.handlers import FEATURES_UNAVAILABLE
 from shared import codec
@@ -85,3 +87,37 @@ async def test_broker_outage_queues_records_and_sends_them_when_it_returns(stack
     assert len(delivered) == depth and delivered <= {before, *answered}  # unsent ones may include `before`
     first = PredictionRecord.model_validate(codec.loads(records[0].value))
     assert first.entity_id == "card-1" and first.model_version == 0
+
+
+async def test_slow_redis_answers_within_the_budget_degraded_then_recovers(stack: Stack) -> None:
+    """Redis alive but not answering (CLIENT PAUSE: every command waits): /predict and
+    /predict/batch still answer, without waiting for Redis, degraded; then normal again."""
+    write_features(stack.redis.url, "card-1", {"txn_count_5m": 7.0}, time.time())
+    settings = serving_settings(stack).model_copy(update={"serving_redis_timeout_s": 0.2})
+    pause_s = 3.0
+    async with running(settings) as client:
+        assert (await client.post("/predict", json=REQUEST)).json()["degraded"] == []
+        admin = redis.Redis.from_url(stack.redis.url)
+        admin.execute_command("CLIENT", "PAUSE", int(pause_s * 1000), "ALL")
+        paused_at = time.monotonic()
+        try:
+            started = time.monotonic()
+            single = await client.post("/predict", json=REQUEST)
+            batch = await client.post("/predict/batch", json={"items": [REQUEST, REQUEST | {"entity_id": "x"}]})
+            elapsed = time.monotonic() - started
+            assert time.monotonic() - paused_at < pause_s, "the pause ended before the check: inconclusive"
+        finally:
+            admin.close()
+        assert single.status_code == 200 and batch.status_code == 200
+        assert single.json()["degraded"] == [FEATURES_UNAVAILABLE] and single.json()["feature_age_s"] is None
+        assert [r["degraded"] for r in batch.json()["items"]] == [[FEATURES_UNAVAILABLE]] * 2
+        assert elapsed < pause_s  # answered on the budget, not when Redis came back
+        metrics = (await client.get("/metrics")).text
+        assert sample(metrics, "rivulet_serving_degraded_total", reason=FEATURES_UNAVAILABLE) == 3.0
+        assert sample(metrics, "rivulet_serving_feature_fetch_latency_seconds_count") >= 3.0
+
+        async def healthy() -> bool:
+            body = (await client.post("/predict", json=REQUEST)).json()
+            return body["degraded"] == [] and body["feature_age_s"] is not None
+
+        await _until_async(healthy, "features served again after the pause", timeout=15)

@@ -48,8 +48,8 @@ async def test_hot_swap_under_load_has_no_failed_or_mixed_answers(stack: Stack) 
     async with running(serving_settings(stack)) as client:
         tasks = [asyncio.create_task(worker(client, n)) for n in range(8)]
         await asyncio.sleep(0.5)
+        announced = time.monotonic()  # before the send: the measured swap time is an upper bound
         await _publish(stack, 1, _model_event(1, new_model, SECRET))
-        announced = time.monotonic()
         deadline = announced + 15
         while time.monotonic() < deadline and not any(v == 1 and t > announced for _, v, _, _, t in answers):
             await asyncio.sleep(0.02)
@@ -60,7 +60,7 @@ async def test_hot_swap_under_load_has_no_failed_or_mixed_answers(stack: Stack) 
     assert statuses and set(statuses) == {200}, set(statuses)
     first_new = min(t for _, v, _, _, t in answers if v == 1)
     swap_s = first_new - announced
-    print(f"hot swap: v1 answering {swap_s * 1000:.0f} ms after the announcement was acked; "
+    print(f"hot swap: v1 answering {swap_s * 1000:.0f} ms after the announcement was sent; "
           f"{len(answers)} requests during the test")
     assert swap_s < 10  # generous bound; the measured value is informational
     for _, version, score, threshold, _ in answers:  # every answer is ONE model's, whole

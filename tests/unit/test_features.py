@@ -24,23 +24,33 @@ from shared import codec
 from shared.contracts import DeadLetter
 from shared.spec import UseCaseSpec, load_spec
 
+FEATS = [
+    ("n10", "count", None, 10, 0.0), ("sum10", "sum", "amount", 10, 0.0),
+    ("mean10", "mean", "amount", 10, None), ("min10", "min", "amount", 10, None),
+    ("max10", "max", "amount", 10, None), ("std10", "std", "amount", 10, None),
+    ("last10", "last", "amount", 10, -1.0), ("distinct10", "distinct_count", "cat", 10, 0.0),
+    ("gap10", "time_since_last", None, 10, None), ("n3", "count", None, 3, 0.0),
+    ("sum30", "sum", "amount", 30, 0.0),
+]
+# name, agg, field, window, kind, hop: every aggregation over hopping and tumbling windows too
+KIND_FEATS = [
+    (f"{agg}_{kind}", agg, None if agg in ("count", "time_since_last") else ("cat" if agg == "distinct_count"
+                                                                            else "amount"), 12, kind, hop)
+    for kind, hop in (("hopping", 4), ("tumbling", None))
+    for agg in ("count", "sum", "mean", "min", "max", "std", "last", "distinct_count", "time_since_last")
+]
 
-def make_spec(lateness: float = 5.0) -> UseCaseSpec:
-    feats = [
-        ("n10", "count", None, 10, 0.0), ("sum10", "sum", "amount", 10, 0.0),
-        ("mean10", "mean", "amount", 10, None), ("min10", "min", "amount", 10, None),
-        ("max10", "max", "amount", 10, None), ("std10", "std", "amount", 10, None),
-        ("last10", "last", "amount", 10, -1.0), ("distinct10", "distinct_count", "cat", 10, 0.0),
-        ("gap10", "time_since_last", None, 10, None), ("n3", "count", None, 3, 0.0),
-        ("sum30", "sum", "amount", 30, 0.0),
-    ]
+
+def make_spec(lateness: float = 5.0, kinds: bool = False) -> UseCaseSpec:
+    extra = [{"name": n, "agg": a, "window": w, "kind": k, **({"hop": h} if h else {}), **({"field": f} if f else {})}
+             for n, a, f, w, k, h in KIND_FEATS] if kinds else []
     return UseCaseSpec.model_validate({
         "name": "unit",
         "event": {"fields": {"amount": {"type": "float"}, "cat": {"type": "str", "required": False}}},
         "features": [
             {"name": n, "agg": a, "window": w, "default": d, **({"field": f} if f else {})}
-            for n, a, f, w, d in feats
-        ],
+            for n, a, f, w, d in FEATS
+        ] + extra,
         "features_config": {"allowed_lateness": lateness, "entity_ttl": 3600},
         "model": {"numeric": ["amount"]},
     })
@@ -204,3 +214,36 @@ def test_decode_batch_reports_a_gap_after_the_applied_offset() -> None:
     assert decode_batch([RawRecord(0, 6, value)], {0: 5}, spec).gaps == 0
     assert decode_batch([RawRecord(0, 9, value)], {0: 5}, spec).gaps == 1
     assert decode_batch([RawRecord(1, 9, value)], {0: 5}, spec).gaps == 0  # p1 never applied: no claim
+
+
+def test_hopping_and_tumbling_windows_at_their_boundaries() -> None:
+    """hopping(12, hop 4) at 101: buckets [92,96) [96,100) [100,104) -> events t >= 92;
+    tumbling(12) at 101: [96, 108) -> t >= 96. Both include their start, unlike sliding."""
+    spec = make_spec(lateness=100.0, kinds=True)
+    events = [ev(1, 91.9, 1.0), ev(2, 92.0, 2.0, "b"), ev(3, 95.5, 3.0), ev(4, 96.0, 4.0, "c"), ev(5, 101.0, 5.0)]
+    got = compute_features(events, 101.0, spec)
+    assert got["count_hopping"] == 4.0 and got["sum_hopping"] == 14.0 and got["min_hopping"] == 2.0
+    assert got["distinct_count_hopping"] == 3.0 and got["last_hopping"] == 5.0
+    assert got["count_tumbling"] == 2.0 and got["sum_tumbling"] == 9.0 and got["mean_tumbling"] == 4.5
+    assert got["time_since_last_tumbling"] == 5.0 and got["std_tumbling"] == 0.5
+    # at 104 the hopping tail moves one hop (t >= 96); the tumbling bucket is unchanged
+    later = compute_features([*events, ev(6, 104.0, 6.0)], 104.0, spec)
+    assert later["count_hopping"] == 3.0 and later["count_tumbling"] == 3.0
+    # at 108 a new tumbling bucket starts: only the event at 108
+    reset = compute_features([*events, ev(7, 108.0, 7.0)], 108.0, spec)
+    assert reset["count_tumbling"] == 1.0 and reset["sum_tumbling"] == 7.0 and reset["time_since_last_tumbling"] is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"kind": "hopping"},  # no hop
+    {"kind": "hopping", "hop": 5},  # 12 is not a multiple of 5
+    {"kind": "tumbling", "hop": 4},  # hop only for hopping
+    {"kind": "sliding", "hop": 4},
+    {"kind": "hopping", "hop": 24},  # hop longer than the window
+])
+def test_window_kind_validation(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        UseCaseSpec.model_validate({
+            "name": "bad", "event": {"fields": {"amount": {"type": "float"}}},
+            "features": [{"name": "x", "agg": "count", "window": 12, **bad}], "model": {"numeric": ["amount"]},
+        })

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.retrain import guards
 from services.retrain import handlers as h
 from shared.contracts import AlertWindow, DriftAlert, LabeledPrediction, ModelEvent, RetrainRequest
 from shared.spec import RetrainSpec, load_spec
@@ -63,13 +64,13 @@ def test_bootstrap_waits_for_min_labels_then_starts() -> None:
     state = h.ControllerState()
     assert h.on_bootstrap(state, SPEC).action == "pending"
     assert h.on_bootstrap(state, SPEC) is None  # already pending: not raised twice
-    ready, why = h.readiness(state, buffer_with([1.0] * 5), 10)
+    ready, why = guards.readiness(state, buffer_with([1.0] * 5), 10)
     assert not ready and "5/10" in why
-    ready, why = h.readiness(state, buffer_with([1.0] * 10), 10)
+    ready, why = guards.readiness(state, buffer_with([1.0] * 10), 10)
     assert ready, why
     trigger = h.start_training(state)
     assert trigger.ids == ["bootstrap"] and state.pending is None
-    assert h.readiness(state, buffer_with([1.0] * 10), 10)[0] is False  # one training at a time
+    assert guards.readiness(state, buffer_with([1.0] * 10), 10)[0] is False  # one training at a time
 
 
 def test_bootstrap_off_or_champion_not_baseline() -> None:
@@ -84,9 +85,9 @@ def test_rejected_bootstrap_waits_for_fresh_rows() -> None:
                                           trigger="bootstrap", trained_on={"start": 0, "end": 50, "count": 9}))
     assert state.max_version == 1 and state.champion == 0
     h.on_bootstrap(state, SPEC)
-    ready, why = h.readiness(state, buffer_with([float(t) for t in range(0, 60)]), 20)
+    ready, why = guards.readiness(state, buffer_with([float(t) for t in range(0, 60)]), 20)
     assert not ready and "9/20 new" in why
-    assert h.readiness(state, buffer_with([float(t) for t in range(0, 80)]), 20)[0]
+    assert guards.readiness(state, buffer_with([float(t) for t in range(0, 80)]), 20)[0]
 
 
 def test_alert_kinds_and_staleness() -> None:
@@ -179,7 +180,7 @@ def test_model_events_for_pass_and_fail() -> None:
     assert ok[1].version == 3 and ok[1].parent == 1 and ok[1].trigger == "drift:a1,request:r2"
     assert ok[1].signature == "sig" and ok[1].trained_on == window
     bad = h.model_events(result, trigger, 3, 1, False, "rejected", window, 0.5, 99.0)
-    assert [e.event for e in bad] == ["rejected"] and bad[0].artifact_b64 is None
+    assert [e.event for e in bad] == ["rejected"] and bad[0].artifact_b64 == "eA=="  # kept: a human may override
     assert bad[0].metrics["log_loss"] == 0.2
 
 

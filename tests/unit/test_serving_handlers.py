@@ -174,4 +174,4 @@ def test_prediction_log_drops_and_counts_when_full_instead_of_blocking() -> None
     drops: list[tuple[str, int]] = []
     plog = PredictionLog(size=2, batch=10, on_drop=lambda reason, n: drops.append((reason, n)))
     assert [plog.offer(b"k", b"v") for _ in range(3)] == [True, True, False]
-    assert plog.queue.qsize() == 2 and plog.dropped["queue_full"] == 1 and drops == [("queue_full", 1)]
+    assert len(plog.queue) == 2 and plog.dropped["queue_full"] == 1 and drops == [("queue_full", 1)]

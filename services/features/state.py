@@ -1,0 +1,126 @@
+"""In-process window state of the streaming engine: sorted buffers and a bounded LRU cache.
+
+Why: re-reading and re-parsing every entity's buffer from Redis, and re-sorting it, on
+every batch dominated the service's CPU. A worker keeps the buffers of recently seen
+entities here, already in canonical order, and Redis stays the truth:
+
+* an entry is valid only while Redis' applied offset of its partition is the one this
+  worker last read or wrote (``Cache.applied``); every write is a compare-and-set on
+  those offsets (see :mod:`services.features.store`), and any failed or interrupted write,
+  or any (re)assignment, drops the cache, so a stale entry is never used;
+* ``events.valid`` is keyed by entity id, so an entity lives in one partition; an entity
+  arriving through another partition than its entry's is reloaded from Redis;
+* an entry idle for half the entity TTL is reloaded (Redis may have expired the entity);
+* the cache holds at most ``max_entities`` entries (least recently used evicted), so the
+  process' memory is bounded whatever the number of entities; Redis' TTL frees idle ones.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.features.windows import Event, evaluate, sort_key
+from shared.spec import UseCaseSpec
+
+
+@dataclass
+class Window:
+    """One entity's events still needed by a future window, in (event_time, event_id) order."""
+
+    partition: int
+    touched: float = float("-inf")  # monotonic time of this worker's last write of the entity
+    keys: list[tuple[float, str]] = field(default_factory=list)  # sort keys, for bisect
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, partition: int, events: Iterable[Event]) -> Window:
+        window = cls(partition)
+        for event in sorted(events, key=sort_key):
+            window.add(dict(event))
+        return window
+
+    @property
+    def newest(self) -> float:
+        return self.keys[-1][0] if self.keys else float("-inf")
+
+    def add(self, event: dict[str, Any]) -> bool:
+        """Insert in canonical order; False if this event_id is already here."""
+        if event["event_id"] in self.ids:
+            return False
+        key = sort_key(event)
+        pos = bisect_left(self.keys, key) if self.keys and key < self.keys[-1] else len(self.keys)
+        self.keys.insert(pos, key)
+        self.events.insert(pos, event)
+        self.ids.add(key[1])
+        return True
+
+    def prune(self, cutoff: float) -> list[str]:
+        """Drop events older than ``cutoff``; returns their ids (to delete in Redis)."""
+        n = bisect_left(self.keys, (cutoff, ""))
+        if not n:
+            return []
+        gone = [k[1] for k in self.keys[:n]]
+        del self.keys[:n], self.events[:n]
+        self.ids.difference_update(gone)
+        return gone
+
+    def features(self, spec: UseCaseSpec) -> dict[str, float | None]:
+        """Every feature at the newest event time (the batch definition, no re-sort)."""
+        at = self.newest
+        return evaluate(self.events, [k[0] for k in self.keys], at, spec)
+
+
+class Cache:
+    """entity -> :class:`Window` (LRU, bounded) plus the applied offsets it is valid for."""
+
+    def __init__(self, max_entities: int, max_idle_s: float = float("inf")) -> None:
+        self.max_entities = max(1, max_entities)
+        self.max_idle_s = max_idle_s  # older entries may have expired in Redis: reload them
+        self.windows: OrderedDict[str, Window] = OrderedDict()
+        self.applied: dict[int, int] = {}  # partition -> applied offset in Redis, as last seen
+        self.known = False  # applied was read from Redis since the last clear
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def clear(self) -> None:
+        """Forget everything (after a failed write, a conflict or a reassignment)."""
+        self.windows.clear()
+        self.applied.clear()
+        self.known = False
+
+    def set_applied(self, applied: Mapping[int, int]) -> None:
+        self.applied = dict(applied)
+        self.known = True
+
+    def get(self, entity: str, partition: int) -> Window | None:
+        window = self.windows.get(entity)
+        if window is not None and time.monotonic() - window.touched > self.max_idle_s:
+            del self.windows[entity]
+            window = None
+        if window is None or window.partition != partition:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.windows.move_to_end(entity)
+        return window
+
+    def put(self, entity: str, window: Window) -> None:
+        self.windows[entity] = window
+        self.windows.move_to_end(entity)
+
+    def trim(self) -> int:
+        """Evict least recently used entries over the bound (only between batches)."""
+        evicted = 0
+        while len(self.windows) > self.max_entities:
+            self.windows.popitem(last=False)
+            evicted += 1
+        return evicted

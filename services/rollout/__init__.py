@@ -1,0 +1,1 @@
+"""Rollout controller: moves a candidate shadow -> canary -> full, or rolls it back."""
