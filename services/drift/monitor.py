@@ -85,10 +85,11 @@ class Ring:
         self.score[i], self.at[i], self.degraded[i] = rec.score, rec.served_at, bool(rec.degraded)
         self.pos, self.filled = (i + 1) % self.size, min(self.size, self.filled + 1)
 
-    def change_point(self, column: str | None) -> float | None:
-        """Served time where the window's values of ``column`` (None: the score) change most:
-        the split of a rank CUSUM over the window in served-time order. A drifted window is
-        usually part old, part new data, so its start is too early a change point."""
+    def change_point(self, column: str | None, reference: np.ndarray) -> float | None:
+        """Served time where the window's values of ``column`` (None: the score) leave the
+        reference: each value becomes its reference CDF u (0.5 on average before a change),
+        and the split maximises |sum of (u - 0.5) after it| / sqrt(its length). A drifted
+        window is usually part old, part new data, so its start is too early a change point."""
         n = self.filled
         order = np.argsort(self.at[:n], kind="stable")
         if column is None:
@@ -98,12 +99,14 @@ class Ring:
         else:
             return None
         ok = np.isfinite(values)
-        if ok.sum() < 20:
+        if ok.sum() < 20 or reference.size < 20:
             return None
         values, times = values[ok], self.at[:n][order][ok]
-        ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(float)
-        cusum = np.cumsum(ranks - ranks.mean())[:-1]
-        return float(times[int(np.argmax(np.abs(cusum))) + 1])
+        u = (np.searchsorted(reference, values, "left") + np.searchsorted(reference, values, "right")) / (2 * reference.size)
+        tail = np.cumsum((u - 0.5)[::-1])[::-1]  # tail[k] = sum over i >= k
+        k = np.arange(1, values.size)
+        best = int(np.argmax(np.abs(tail[1:]) / np.sqrt(values.size - k))) + 1
+        return float(times[best])
 
     def view(self, dead_letters: int) -> WindowView:
         """Oldest first (serial correlation is measured in arrival order)."""
@@ -237,7 +240,8 @@ class DriftMonitor:
         outcomes, threshold = handlers.evaluate(view, st.reference, self.spec)
         if st.concept_left > 0:
             outcomes.extend(st.concept.values())
-        found = [self._located(f, st.ring) for f in handlers.decide(outcomes, threshold, version, view.span, self.spec)]
+        found = [self._located(f, st.ring, st.reference)
+                 for f in handlers.decide(outcomes, threshold, version, view.span, self.spec)]
         self.windows_tested += 1
         if found:
             log.info("v%d window %.0f..%.0f: %d finding(s): %s", version, view.span.start, view.span.end,
@@ -245,11 +249,12 @@ class DriftMonitor:
         return Evaluation(version, view.span, threshold, outcomes, found)
 
     @staticmethod
-    def _located(f: Finding, ring: Ring) -> Finding:
+    def _located(f: Finding, ring: Ring, ref: Reference) -> Finding:
         """A KS finding gets the served time where its column changed (see Ring.change_point)."""
         if f.outcome.test != "ks" or f.outcome.change_at is not None:
             return f
-        at = ring.change_point(f.outcome.feature)
+        name = f.outcome.feature
+        at = ring.change_point(name, ref.numeric.get(name, np.empty(0)) if name else ref.score)
         return f if at is None else replace(f, outcome=replace(f.outcome, change_at=at))
 
     def _bootstrap(self, rec: PredictionRecord, st: VersionState) -> None:
