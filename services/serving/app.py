@@ -13,6 +13,7 @@ Optional API keys (``RIVULET_SERVING_API_KEYS``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
 import time
@@ -69,6 +70,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = asyncio.Event()
     tasks = [asyncio.create_task(svc.plog.run(lambda: make_producer(settings), stop), name="prediction-log"),
              asyncio.create_task(ModelWatcher(settings, svc.registry).run(stop), name="model-watcher")]
+    # Start-up objects (FastAPI, pydantic, River, the model) live as long as the process:
+    # freezing them keeps the cyclic GC from re-scanning them, a p99 pause on the event loop.
+    gc.collect()
+    gc.freeze()
     log.info("serving on model version %d; spec %s; api keys %s", svc.registry.current.version,
              svc.spec.name, "required" if settings.api_keys() else "off")
     try:
