@@ -10,11 +10,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from shared import codec
-from shared.contracts import LabeledPrediction, MetricsRecord, PredictionRecord
+from shared.contracts import LabeledPrediction, PredictionRecord
 from shared.embedded import free_port
-from shared.topics import METRICS, PREDICTIONS, PREDICTIONS_LABELED
-from tests.helpers import Stack, produce_json, read_topic, wait_for
+from shared.topics import PREDICTIONS, PREDICTIONS_LABELED
+from tests.helpers import Stack, produce_json, wait_for
+from tests.integration.test_performance import latest
 
 SPEC = """name = "delivery_time"
 features = []
@@ -31,15 +31,6 @@ slices = ["channel"]
 window = 1000
 min_labels = 50
 """
-
-
-def latest(stack: Stack, **match: object) -> MetricsRecord | None:
-    found = None
-    for r in read_topic(stack.broker.url, METRICS.name, count=1_000_000, timeout=0.7):
-        rec = MetricsRecord.model_validate(codec.loads(r.value))
-        if all(getattr(rec, k) == v for k, v in match.items()):
-            found = rec
-    return found
 
 
 def test_regression_spec_publishes_mae_and_rmse(stack: Stack) -> None:
