@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from services.retrain import guards, policy, trainer
@@ -15,7 +12,7 @@ from services.retrain import handlers as h
 from shared import codec, modeling
 from shared.contracts import AlertWindow, DriftAlert, MetricsRecord, ModelEvent
 from shared.spec import DriftRule, RetrainSpec, default_spec_path, load_spec
-from tests.unit.test_retrain_trainer import SECRET, rows
+from tests.unit.test_retrain_trainer import SECRET, rows, train_in_child
 
 SPEC = load_spec()  # fraud.toml: concept -> stateless/change point; mild data drift -> stateful
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +162,7 @@ def test_plan_records_offsets_and_replay_excludes_training_and_champion_rows() -
 
 # -- gate -------------------------------------------------------------------------------------
 def result_with(cand: float, champ: float, slices: dict | None = None, sanity: dict | None = None) -> dict:
-    m = lambda v, n=200.0: {"log_loss": v, "accuracy": 0.9, "count": n}  # noqa: E731
+    m = lambda v, n=200.0: {"log_loss": v, "accuracy": 0.9, "count": n}
     return {"validation": {
         "holdout": {"candidate": m(cand), "champion": m(champ)},
         "replay": {"candidate": m(cand), "champion": m(champ)},
@@ -230,13 +227,8 @@ def test_stateful_update_continues_the_parent_and_is_reproducible_across_process
     payload = codec.dumps(job)
     shas, progress = set(), []
     for parent_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": parent_seed}
-        code = ("import asyncio,sys; from shared import codec; from services.retrain import trainer;"
-                f"r=asyncio.run(trainer.run_in_child(codec.loads(sys.stdin.buffer.read()), {str(default_spec_path())!r},"
-                " 0, 60, on_progress=lambda e, n: print('P', e, n)));print(r['sha256'])")
-        out = subprocess.run([sys.executable, "-c", code], input=payload, env=env, cwd=ROOT,
-                             capture_output=True, check=True, timeout=120).stdout.decode().split("\n")
-        shas.add(out[-2].strip())
+        out = train_in_child(payload, parent_seed)
+        shas.add(out[-1].strip())
         progress.append([line for line in out if line.startswith("P ")])
     assert len(shas) == 1 and shas != {first["sha256"]}
     assert progress[0] == [f"P {e} {SPEC.model.learner.epochs}" for e in range(1, SPEC.model.learner.epochs + 1)]

@@ -73,19 +73,23 @@ def test_champion_artifact_is_verified_before_use() -> None:
     assert bad["champion_source"].startswith("baseline")
 
 
+def train_in_child(payload: bytes, hash_seed: str) -> list[str]:
+    """Run one training job through ``trainer.run_in_child`` from a fresh interpreter with the
+    given PYTHONHASHSEED; its output lines: ``P <epoch> <epochs>`` per epoch, then the sha256."""
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    code = ("import asyncio,sys; from shared import codec; from services.retrain import trainer;"
+            f"r=asyncio.run(trainer.run_in_child(codec.loads(sys.stdin.buffer.read()), {str(default_spec_path())!r},"
+            " 0, 60, on_progress=lambda e, n: print('P', e, n)));print(r['sha256'])")
+    out = subprocess.run([sys.executable, "-c", code], input=payload, env=env, cwd=ROOT,
+                         capture_output=True, check=True, timeout=120)
+    return out.stdout.decode().strip().split("\n")
+
+
 def test_same_rows_same_artifact_across_processes() -> None:
     """Children get a fixed PYTHONHASHSEED, whatever the parent's; without it River's
     set-ordered Select makes the bytes differ from run to run."""
     payload = codec.dumps(job(120))
-    shas = set()
-    for parent_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": parent_seed}
-        code = ("import asyncio,sys; from shared import codec; from services.retrain import trainer;"
-                f"r=asyncio.run(trainer.run_in_child(codec.loads(sys.stdin.buffer.read()), {str(default_spec_path())!r}, 0, 60));"
-                "print(r['sha256'])")
-        out = subprocess.run([sys.executable, "-c", code], input=payload, env=env, cwd=ROOT,
-                             capture_output=True, check=True, timeout=120)
-        shas.add(out.stdout.decode().strip())
+    shas = {train_in_child(payload, parent_seed)[-1].strip() for parent_seed in ("1", "2")}
     assert len(shas) == 1 and len(shas.pop()) == 64
 
 
