@@ -82,10 +82,6 @@ def features(spec: UseCaseSpec, entity_id: str) -> str:
     return f"{PREFIX}:{feature_set(spec)}:f:{entity_id}"
 
 
-def window_buffer(spec: UseCaseSpec, entity_id: str) -> str:
-    return f"{PREFIX}:{feature_set(spec)}:w:{entity_id}"
-
-
 def window_events(spec: UseCaseSpec, entity_id: str) -> str:
     return f"{PREFIX}:{feature_set(spec)}:wh:{entity_id}"
 
