@@ -157,7 +157,9 @@ def test_performance_floor_schedule_gate_rejection_and_budget(stack: Stack) -> N
     produce_json(stack.broker.url, "metrics", [("1", perf.model_dump(mode="json"))])
     evs = models(stack, lambda es: any(e.version == 2 for e in es))
     v2 = next(e for e in evs if e.version == 2)
-    assert v2.event == "rejected" and "performance:v1:0" in v2.trigger.split(",")
+    assert v2.event == "rejected" and ("performance:v1:0" in v2.trigger.split(",") or "schedule:v1" in v2.trigger)
+    # the 3 s schedule may win the race with the metrics record; the floor is decided either way
+    decisions(stack, lambda ds: any("performance:v1" in d.trigger and d.action != "pending" for d in ds))
     assert any(r.startswith("holdout:") for r in v2.reasons) and any(r.startswith("replay:") for r in v2.reasons)
     assert v2.metrics and v2.validation and v2.artifact_sha256 and v2.reason.startswith("rejected")
     ds = decisions(stack, has("skipped", "budget", "schedule:v1"))  # the next schedule: budget used up
