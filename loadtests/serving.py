@@ -137,7 +137,37 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _phase(proc: subprocess.Popen[bytes], job: dict[str, Any]) -> dict[str, Any]:
+def _loop_counters(port: int) -> dict[str, float]:
+    """Rivulet's own event-loop lag and GC pause counters (cumulative), from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"rivulet_serving_event_loop_lag_seconds", "rivulet_serving_gc_pause_seconds"}
+    out: dict[str, float] = {}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            for s in family.samples:
+                if s.name.endswith("_count") or s.name.endswith("_sum") or s.labels.get("le") in ("0.01", "0.05"):
+                    out[s.name + str(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _loop_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    lag = "rivulet_serving_event_loop_lag_seconds"
+    ticks = d.get(lag + "_count[]", 0.0)
+    gc_sum = {g: round(d.get(f"rivulet_serving_gc_pause_seconds_sum[('generation', '{g}')]", 0.0) * 1000, 1)
+              for g in "012"}
+    gc_n = {g: int(d.get(f"rivulet_serving_gc_pause_seconds_count[('generation', '{g}')]", 0.0)) for g in "012"}
+    return {"ticks": int(ticks),
+            "ticks_late_over_10ms": int(ticks - d.get(lag + "_bucket[('le', '0.01')]", 0.0)),
+            "ticks_late_over_50ms": int(ticks - d.get(lag + "_bucket[('le', '0.05')]", 0.0)),
+            "lag_sum_ms": round(d.get(lag + "_sum[]", 0.0) * 1000, 1),
+            "gc_collections": gc_n, "gc_pause_sum_ms": gc_sum}
+
+
+def _phase(proc: subprocess.Popen[bytes], job: dict[str, Any], loop_port: int | None = None) -> dict[str, Any]:
+    loop0 = _loop_counters(loop_port) if loop_port else None
     cpu0 = _cpu_seconds(proc.pid)
     out = subprocess.run([sys.executable, "-m", "loadtests.serving", "--loadgen"], input=json.dumps(job).encode(),
                          cwd=ROOT, capture_output=True, check=True, timeout=job["duration"] + 60)
@@ -145,6 +175,8 @@ def _phase(proc: subprocess.Popen[bytes], job: dict[str, Any]) -> dict[str, Any]
     cpu = _cpu_seconds(proc.pid) - cpu0
     result["server_cpu_s"] = round(cpu, 3)
     result["rps_per_cpu_s"] = round(result["requests"] / cpu, 1) if cpu > 0 else None
+    if loop0 is not None and loop_port:
+        result["event_loop"] = _loop_delta(loop0, _loop_counters(loop_port))
     return result
 
 
@@ -234,14 +266,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name in ("baseline", "rivulet"):
                 proc, port = servers[name]
-                report["max"][name].append(_phase(proc, job | {"port": port}))
+                report["max"][name].append(_phase(proc, job | {"port": port},
+                                                  loop_port=port if name == "rivulet" else None))
         base_max = max(r["rps"] for r in report["max"]["baseline"])
         rate = round(0.5 * base_max, 1)
         half = job | {"mode": "open", "rate": rate, "conns": max(64, args.connections)}
         batch_job = job | {"requests": batch, "conns": 4}
         for i in range(args.p99_rounds):  # interleaved, order alternating: drift and noise hit both
             order = ("baseline", "rivulet") if i % 2 == 0 else ("rivulet", "baseline")
-            pair = {name: _phase(servers[name][0], half | {"port": servers[name][1]}) for name in order}
+            pair = {name: _phase(servers[name][0], half | {"port": servers[name][1]},
+                                 loop_port=servers[name][1] if name == "rivulet" else None) for name in order}
             report["half_load"].append({"order": list(order), **pair, "p99_ratio": round(
                 pair["rivulet"]["p99_ms"] / pair["baseline"]["p99_ms"], 3)})
             proc, port = servers["rivulet"]
@@ -312,6 +346,8 @@ def main() -> None:
         print(f"round {i + 1} at {b['target_rate']} req/s ({' then '.join(r['order'])}): p99 baseline {b['p99_ms']} ms, "
               f"rivulet {v['p99_ms']} ms -> {r['p99_ratio']}x (p50 {b['p50_ms']} / {v['p50_ms']} ms, "
               f"errors {b['errors']} / {v['errors']})")
+        if "event_loop" in v:
+            print(f"         rivulet event loop: {v['event_loop']}")
         bt = result["batch"][i]
         print(f"         batch {bt['predictions_per_s']:8.1f} predictions/s ({bt['rps']} calls/s of {args.batch}, "
               f"{round(bt['rps_per_cpu_s'] * args.batch, 1)} per server CPU-s, p99 {bt['p99_ms']} ms)")

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from services.serving import handlers, schemas
 from services.serving.auth import ApiKeyMiddleware, document_api_key
 from services.serving.background import ModelWatcher
+from services.serving.loopwatch import LoopWatch
 from services.serving.metrics import MetricsMiddleware
 from services.serving.predictor import Predictor
 from services.serving.settings import ServingSettings
@@ -69,7 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                               socket_connect_timeout=1.0, socket_timeout=1.0))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(svc.plog.run(lambda: make_producer(settings), stop), name="prediction-log"),
-             asyncio.create_task(ModelWatcher(settings, svc.registry).run(stop), name="model-watcher")]
+             asyncio.create_task(ModelWatcher(settings, svc.registry).run(stop), name="model-watcher"),
+             asyncio.create_task(LoopWatch(svc.metrics).run(stop), name="loop-watch")]
     # Start-up objects (FastAPI, pydantic, River, the model) live as long as the process:
     # freezing them keeps the cyclic GC from re-scanning them, a p99 pause on the event loop.
     gc.collect()
@@ -157,7 +159,8 @@ def add_ops_routes(app: FastAPI, svc: Predictor) -> None:
         `rivulet_serving_request_latency_seconds` (per endpoint and model version),
         `rivulet_serving_feature_fetch_latency_seconds`, `rivulet_serving_prediction_log_queue_depth`,
         `rivulet_serving_prediction_log_dropped_total` (per reason), `rivulet_serving_degraded_total`
-        (per reason), `rivulet_serving_model_version`."""
+        (per reason), `rivulet_serving_model_version`, `rivulet_serving_event_loop_lag_seconds` and
+        `rivulet_serving_gc_pause_seconds` (per generation): what requests wait for besides their work."""
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

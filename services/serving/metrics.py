@@ -16,6 +16,7 @@ Scope = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 class Metrics:
@@ -37,6 +38,12 @@ class Metrics:
         self.fetch_latency = Histogram("rivulet_serving_feature_fetch_latency_seconds",
                                        "online feature read (one Redis round trip per request)",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.loop_lag = Histogram("rivulet_serving_event_loop_lag_seconds",
+                                  "how late a 10 ms ticker on the event loop wakes up: time every request "
+                                  "waiting on the loop lost to other work (GC, CPU starvation, long callbacks)",
+                                  buckets=LAG_BUCKETS, registry=self.registry)
+        self.gc_pause = Histogram("rivulet_serving_gc_pause_seconds", "cyclic garbage-collector pauses",
+                                  ("generation",), buckets=LAG_BUCKETS, registry=self.registry)
         self.model_version = Gauge("rivulet_serving_model_version", "champion version being served",
                                    registry=self.registry)
 

@@ -79,6 +79,7 @@ def test_batch_auth_and_stale_features(stack: Stack) -> None:
         metrics = client.get("/metrics").text
         assert sample(metrics, "rivulet_serving_feature_fetch_latency_seconds_count") == 4.0 + 1.0
         assert sample(metrics, "rivulet_serving_degraded_total", reason=STALE_FEATURES) == 2.0
+        assert sample(metrics, "rivulet_serving_event_loop_lag_seconds_count") > 0  # the ticker runs
         assert sample(metrics, "rivulet_serving_requests_total", endpoint="/predict/batch", method="POST",
                       status="200", model_version="0") == 1.0
 
