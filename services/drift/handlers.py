@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from services.drift import stats
+from services.drift import serial, stats
 from shared import codec
 from shared.contracts import (
     AlertWindow,
@@ -65,7 +65,7 @@ class Reference:
         def arr(vals: Any, key: str) -> np.ndarray:
             vals = vals if isinstance(vals, list) else []
             ordered = np.array([x for x in (numeric_value(v) for v in vals) if x is not None])
-            rho[key] = stats.serial_correlation(ordered)
+            rho[key] = serial.serial_correlation(ordered)
             return np.sort(ordered)
         numeric = {str(k): arr(v, str(k)) for k, v in (profile.get("numeric") or {}).items() if isinstance(v, list)}
         categorical = {
@@ -188,7 +188,7 @@ def _numeric(name: str | None, window: np.ndarray, ref: Reference, threshold: fl
     reference = ref.numeric.get(name, np.empty(0)) if name else ref.score
     if min(window.size, reference.size) < MIN_SAMPLES:
         return []
-    rho_w, rho_r = stats.serial_correlation(window), ref.rho.get(name or "", 0.0)
+    rho_w, rho_r = serial.serial_correlation(window), ref.rho.get(name or "", 0.0)
     window = np.sort(window)
     d, w = stats.ks_and_wasserstein(window, reference)
     effects = [("wasserstein_sigma", w / ref.sd(name))]
@@ -197,9 +197,9 @@ def _numeric(name: str | None, window: np.ndarray, ref: Reference, threshold: fl
         effects.append(("psi", stats.psi_numeric(window, edges, counts)))
     detail = f"median {_median(window):.4g} in window vs {_median(reference):.4g} in reference"
     if rho_w or rho_r:
-        n_eff, m_eff = stats.effective_size(window.size, rho_w), stats.effective_size(reference.size, rho_r)
+        n_eff, m_eff = serial.effective_size(window.size, rho_w), serial.effective_size(reference.size, rho_r)
         critical = stats.ks_critical(round(n_eff), round(m_eff), threshold)
-        p = stats.ks_pvalue_effective(d, n_eff, m_eff) if d >= KS_SCREEN * critical else None
+        p = serial.ks_pvalue_effective(d, n_eff, m_eff) if d >= KS_SCREEN * critical else None
         effects.append(("n_eff", n_eff))
         detail += f"; autocorrelated (lag-1 {rho_w:.2f} window, {rho_r:.2f} reference): effective n {n_eff:.0f}"
     else:

@@ -17,7 +17,7 @@
   A concept finding stays active until one window of predictions has been served after
   the last firing (so the incident logic sees it in the next evaluations).
 * Dead letters (``events.dlq``) are counted by time and set against each window's span.
-* Dedupe: the last ``RECENT_IDS`` prediction ids per version and stream are remembered,
+* Dedupe: the last ``window.RECENT_IDS`` prediction ids per version and stream are remembered,
   so a redelivered record never counts twice (within this process).
 """
 
@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from river import drift as river_drift
 
-from services.drift import handlers, stats
-from services.drift.handlers import Finding, Outcome, Reference, WindowView
+from services.drift import handlers, serial, stats
+from services.drift.handlers import Finding, Outcome, Reference
+from services.drift.window import Ring, Seen, numeric_cell
 from shared.contracts import (
     AlertWindow,
     LabeledPrediction,
@@ -44,87 +45,11 @@ from shared.profile import build_profile, category_value
 from shared.spec import UseCaseSpec
 
 log = logging.getLogger(__name__)
-RECENT_IDS = 20_000
 MAX_DEAD_LETTERS = 200_000
 MAX_LABELED_TIMES = 100_000  # served times of the last labeled predictions (ADWIN's cut point)
 REFERENCE_CHUNKS = 4  # self-reference check: the first quarter is tested against the rest
 REFERENCE_Z = 1.645  # accuracy reference: one-sided 95 % lower bound
 REFERENCE_ALPHA = 0.01  # family-wise: a false "unsettled" only costs one more chunk of waiting
-
-
-class Seen:
-    """A bounded insertion-ordered set of ids (O(1) add and eviction)."""
-
-    def __init__(self, cap: int = RECENT_IDS) -> None:
-        self.cap, self.ids = cap, OrderedDict[str, None]()
-
-    def add(self, key: str) -> bool:
-        """False if ``key`` was already seen."""
-        if key in self.ids:
-            return False
-        self.ids[key] = None
-        if len(self.ids) > self.cap:
-            self.ids.popitem(last=False)
-        return True
-
-
-class Ring:
-    """The last ``size`` predictions, column-wise (numeric: NaN missing, inf non-finite)."""
-
-    def __init__(self, size: int, spec: UseCaseSpec) -> None:
-        self.size, self.spec, self.pos, self.filled = size, spec, 0, 0
-        self.num = np.full((size, len(spec.model.numeric)), np.nan)
-        self.cat = np.empty((size, len(spec.model.categorical)), dtype=object)
-        self.score, self.at = np.zeros(size), np.zeros(size)
-        self.degraded = np.zeros(size, dtype=bool)
-
-    def add(self, rec: PredictionRecord) -> None:
-        i, f = self.pos, rec.features
-        self.num[i] = [_num(f.get(n)) for n in self.spec.model.numeric]
-        self.cat[i] = [category_value(f.get(n)) for n in self.spec.model.categorical]
-        self.score[i], self.at[i], self.degraded[i] = rec.score, rec.served_at, bool(rec.degraded)
-        self.pos, self.filled = (i + 1) % self.size, min(self.size, self.filled + 1)
-
-    def change_point(self, column: str | None, reference: np.ndarray) -> float | None:
-        """Served time where the window's values of ``column`` (None: the score) leave the
-        reference: each value becomes its reference CDF u (0.5 on average before a change),
-        and the split maximises |sum of (u - 0.5) after it| / sqrt(its length). A drifted
-        window is usually part old, part new data, so its start is too early a change point."""
-        n = self.filled
-        order = np.argsort(self.at[:n], kind="stable")
-        if column is None:
-            values = self.score[:n][order]
-        elif column in self.spec.model.numeric:
-            values = self.num[:n, self.spec.model.numeric.index(column)][order]
-        else:
-            return None
-        ok = np.isfinite(values)
-        if ok.sum() < 20 or reference.size < 20:
-            return None
-        values, times = values[ok], self.at[:n][order][ok]
-        u = (np.searchsorted(reference, values, "left") + np.searchsorted(reference, values, "right")) / (2 * reference.size)
-        tail = np.cumsum((u - 0.5)[::-1])[::-1]  # tail[k] = sum over i >= k
-        k = np.arange(1, values.size)
-        best = int(np.argmax(np.abs(tail[1:]) / np.sqrt(values.size - k))) + 1
-        return float(times[best])
-
-    def view(self, dead_letters: int) -> WindowView:
-        """Oldest first (serial correlation is measured in arrival order)."""
-        n = self.filled
-        idx = np.r_[self.pos:n, 0:self.pos] if n == self.size else np.arange(n)
-        span = AlertWindow(start=float(self.at[:n].min()), end=float(self.at[:n].max()), count=n)
-        numeric = {name: self.num[idx, j] for j, name in enumerate(self.spec.model.numeric)}
-        categorical = {name: list(self.cat[idx, j]) for j, name in enumerate(self.spec.model.categorical)}
-        return WindowView(span, numeric, categorical, self.score[idx], int(self.degraded[:n].sum()),
-                          dead_letters)
-
-
-def _num(v: Any) -> float:
-    """NaN = missing (absent, null, not a number), inf = non-finite number (as
-    :func:`shared.profile.numeric_value` reads values, plus the missing/non-finite split)."""
-    if type(v) is float or type(v) is int:
-        return float(v) if math.isfinite(v) else math.inf
-    return math.nan
 
 
 @dataclass
@@ -352,7 +277,7 @@ def change_point(errors: deque[tuple[float, float]], last: int) -> float:
     """Served time of the first labeled prediction after the most likely change of the
     error rate among the ``last`` ones (all if 0 or more than kept)."""
     tail = list(errors)[-last:] if 0 < last <= len(errors) else list(errors)
-    return tail[stats.mean_shift_point([e for _, e in tail])][0]
+    return tail[serial.mean_shift_point([e for _, e in tail])][0]
 
 
 def reference_settled(rows: list[PredictionRecord], spec: UseCaseSpec) -> tuple[int, str]:
@@ -362,7 +287,7 @@ def reference_settled(rows: list[PredictionRecord], spec: UseCaseSpec) -> tuple[
     missingness). A start-up transient (warm-up requests, features still loading) shows
     as a first chunk unlike the rest: it is dropped. (0, "") when the start looks settled."""
     size = len(rows) // REFERENCE_CHUNKS
-    cols = {name: np.array([_num(r.features.get(name)) for r in rows]) for name in spec.model.numeric}
+    cols = {name: np.array([numeric_cell(r.features.get(name)) for r in rows]) for name in spec.model.numeric}
     cols["score"] = np.array([r.score for r in rows], dtype=float)
     cats = {name: [category_value(r.features.get(name)) or "<missing>" for r in rows]
             for name in spec.model.categorical}
@@ -371,13 +296,13 @@ def reference_settled(rows: list[PredictionRecord], spec: UseCaseSpec) -> tuple[
     alpha = REFERENCE_ALPHA / (len(cols) + len(cats))
     for name, col in cols.items():
         first, rest = col[:size], col[size:]
-        rho = stats.serial_correlation(rest)
+        rho = serial.serial_correlation(rest)
         first, rest = np.sort(first[np.isfinite(first)]), np.sort(rest[np.isfinite(rest)])
         if min(first.size, rest.size) < handlers.MIN_SAMPLES:
             continue
         d = stats.ks_statistic(first, rest)
-        if stats.ks_pvalue_effective(d, stats.effective_size(first.size, rho),
-                                     stats.effective_size(rest.size, rho)) < alpha:
+        if serial.ks_pvalue_effective(d, serial.effective_size(first.size, rho),
+                                     serial.effective_size(rest.size, rho)) < alpha:
             return size, f"{name}: the first {size} differ from the next {len(rows) - size}, KS {d:.3f}"
     for name, vals in cats.items():
         res = stats.chi2_test(vals[:size], Counter(vals[size:]))

@@ -33,6 +33,7 @@ from services.label_join import pending as pend
 from services.label_join.handlers import (
     Plan,
     Step,
+    awaits_label,
     expired_output,
     plan_emissions,
     to_step,
@@ -95,9 +96,7 @@ class LabelJoin(ConsumerRebalanceListener):
                 self.count({"invalid": 1})
                 log.warning("skipping invalid %s p%d@%d: %s", r.topic, r.partition, r.offset, exc.as_dict())
                 continue
-            if step.prediction is not None and step.prediction.role == "shadow":
-                # Never answered, so never labeled: the rollout controller pairs it with the
-                # champion's labeled record of the same request instead of waiting here.
+            if not awaits_label(step):
                 self.count({"shadow_skipped": 1})
                 continue
             steps.append(step)

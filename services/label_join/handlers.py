@@ -86,6 +86,12 @@ class Done:
 MISSING = Done(0, None)
 
 
+def awaits_label(step: Step) -> bool:
+    """False for a shadow prediction: it was never answered, so it is never labeled (the
+    rollout controller pairs it with the champion's labeled record of the same request)."""
+    return step.prediction is None or step.prediction.role != "shadow"
+
+
 def decide(kind: Kind, label: Label | None, have_prediction: bool, done: Done | None) -> tuple[Action, int]:
     """What one arriving record causes, and the revision to emit (0 when nothing)."""
     if label is None or not have_prediction:

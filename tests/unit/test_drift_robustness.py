@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.drift import stats
+from services.drift import serial, stats
 from services.drift.incidents import Tracker, observe
 from services.drift.monitor import DriftMonitor, reference_settled
 from shared.contracts import DriftAlert, LabeledPrediction, ModelEvent, PredictionRecord
@@ -71,11 +71,11 @@ def test_effective_size_matches_the_variance_of_an_ar1_mean() -> None:
     500 values equals 1/n_eff (within sampling error), not 1/500."""
     rng = np.random.default_rng(3)
     means = [ar1(rng, 500, 0.8).mean() for _ in range(400)]
-    n_eff = stats.effective_size(500, 0.8)
+    n_eff = serial.effective_size(500, 0.8)
     assert n_eff == pytest.approx(500 * 0.2 / 1.8)
     assert np.var(means) == pytest.approx(1 / n_eff, rel=0.25)
-    assert stats.serial_correlation(ar1(rng, 500, 0.8)) > 0.7
-    assert stats.serial_correlation(rng.normal(size=500)) == 0.0  # iid: inside the noise band
+    assert serial.serial_correlation(ar1(rng, 500, 0.8)) > 0.7
+    assert serial.serial_correlation(rng.normal(size=500)) == 0.0  # iid: inside the noise band
 
 
 @pytest.mark.parametrize("announced", [True, False])

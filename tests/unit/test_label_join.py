@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.label_join.handlers import Done, Step, decide, parse, plan_emissions, to_step
+from services.label_join.handlers import Done, Step, awaits_label, decide, parse, plan_emissions, to_step
 from shared import codec
 from shared.contracts import Label, LabeledPrediction, PredictionRecord
 from shared.errors import Reason, RejectedRecord
@@ -107,3 +107,11 @@ def test_invalid_inputs_are_rejected(topic: str, value: bytes, reason: Reason) -
 def test_parse_accepts_rfc3339_label_time() -> None:
     got = parse(Label, b'{"prediction_id": "a", "label": 1, "event_time": "1970-01-01T00:00:10Z"}')
     assert got.event_time == 10.0 and got.label == 1
+
+
+def test_only_answered_predictions_await_a_label() -> None:
+    shadow = pred("s").model_copy(update={"role": "shadow"})
+    canary = pred("c").model_copy(update={"role": "challenger"})
+    assert awaits_label(step(pred("a"))) and awaits_label(step(canary))
+    assert awaits_label(step(label("a", True)))  # a label step is always joined
+    assert not awaits_label(step(shadow))
