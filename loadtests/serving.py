@@ -141,20 +141,21 @@ def _loop_counters(port: int) -> dict[str, float]:
     """Rivulet's own event-loop lag and GC pause counters (cumulative), from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {"rivulet_serving_event_loop_lag_seconds", "rivulet_serving_gc_pause_seconds"}
+    wanted = {"rivulet_serving_event_loop_lag_seconds", "rivulet_serving_gc_pause_seconds",
+              "rivulet_serving_feature_fetch_latency_seconds", "rivulet_serving_degraded"}
     out: dict[str, float] = {}
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         if family.name in wanted:
             for s in family.samples:
-                if s.name.endswith("_count") or s.name.endswith("_sum") or s.labels.get("le") in ("0.01", "0.05"):
+                if s.name.endswith(("_count", "_sum", "_total")) or s.labels.get("le") in ("0.01", "0.025", "0.05"):
                     out[s.name + str(sorted(s.labels.items()))] = s.value
     return out
 
 
 def _loop_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     d = {k: after[k] - before.get(k, 0.0) for k in after}
-    lag = "rivulet_serving_event_loop_lag_seconds"
+    lag, fetch = "rivulet_serving_event_loop_lag_seconds", "rivulet_serving_feature_fetch_latency_seconds"
     ticks = d.get(lag + "_count[]", 0.0)
     gc_sum = {g: round(d.get(f"rivulet_serving_gc_pause_seconds_sum[('generation', '{g}')]", 0.0) * 1000, 1)
               for g in "012"}
@@ -163,7 +164,9 @@ def _loop_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
             "ticks_late_over_10ms": int(ticks - d.get(lag + "_bucket[('le', '0.01')]", 0.0)),
             "ticks_late_over_50ms": int(ticks - d.get(lag + "_bucket[('le', '0.05')]", 0.0)),
             "lag_sum_ms": round(d.get(lag + "_sum[]", 0.0) * 1000, 1),
-            "gc_collections": gc_n, "gc_pause_sum_ms": gc_sum}
+            "gc_collections": gc_n, "gc_pause_sum_ms": gc_sum,
+            "feature_fetches_over_25ms": int(d.get(f"{fetch}_count[]", 0.0) - d.get(f"{fetch}_bucket[('le', '0.025')]", 0.0)),
+            "degraded_features_unavailable": int(d.get("rivulet_serving_degraded_total[('reason', 'features_unavailable')]", 0.0))}
 
 
 def _phase(proc: subprocess.Popen[bytes], job: dict[str, Any], loop_port: int | None = None) -> dict[str, Any]:
