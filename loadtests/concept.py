@@ -12,8 +12,11 @@ events later, like a user's ground truth. Compared, event by event (prequential 
     same label delay (in-process, event-indexed, so the machine's load does not matter);
 (c) Rivulet's closed loop: the answers /predict actually returned.
 Measured: accuracy before/after each change, recovery (events and labels until (c) is back
-within 2 points of its pre-change level), drift incident -> new champion serving delay, and
-failed requests (all, and near every model swap). Writes loadtests/reports/concept-<UTC>.json
+within 2 points of its pre-change level, and stays there), drift incident -> new champion
+serving delay, and failed requests (all, and near every model swap). Recovery is counted
+from the change; for the gradual stream from the START of the transition (strict), and also
+from its end, next to the majority oracle's own recovery under both readings
+(``recovery_gradual``, see ``concept_report.gradual_recovery``). Writes loadtests/reports/concept-<UTC>.json
 and a PNG next to it.
 
     python -m loadtests.concept [--quick] [--streams sea_abrupt,agrawal_abrupt,sea_gradual]
@@ -108,7 +111,12 @@ class Driver:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
         await producer.start()
         sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        # Idle connections are dropped after 2 s, before the server's keep-alive timeout
+        # (uvicorn: 5 s, httpx's own default): with equal timeouts, a request sent on a
+        # connection the server is closing at that instant fails (ReadError) -- a client race,
+        # not a failed request of the service.
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency,
+                              keepalive_expiry=2.0)
         tasks: set[asyncio.Task[None]] = set()
         try:
             async with httpx.AsyncClient(base_url=self.url, timeout=10.0, limits=limits) as http:

@@ -101,6 +101,7 @@ def analyse(case: Case, data: Sequence[tuple[dict[str, float], bool]], served: S
         "label_delay_events": args.label_delay, "static_model": static_source,
         "accuracy": acc, "recovery_events": rec,
         "recovery_labels": {k: None if r is None else max(0, r - args.label_delay) for k, r in rec.items()},
+        "recovery_gradual": gradual_recovery(case, data, correct, acc, start, end, args),
         "first_new_model_event_after_change": None if first_new is None else first_new - start,
         "incidents": incidents, "false_alarms_before_change": sum(1 for i in incidents if i not in after),
         "incident_to_serving_s": next((i.get("detect_to_serving_s") for i in after if "detect_to_serving_s" in i), None),
@@ -113,6 +114,34 @@ def analyse(case: Case, data: Sequence[tuple[dict[str, float], bool]], served: S
     return section
 
 
+def gradual_recovery(case: Case, data: Sequence[tuple[dict[str, float], bool]], correct: dict[str, Any],
+                     acc: dict[str, Any], start: int, end: int, args: argparse.Namespace) -> dict[str, Any] | None:
+    """A gradual change only. ``recovery_events``/``recovery_labels`` count from the START of
+    the transition (the strict reading of the target, kept as the headline number). There the
+    new concept draws only ~12 % of the events, and the trailing accuracy of even the
+    majority oracle (old concept before the centre, new one from it: no learner does better
+    on average) is back within tolerance only ~1,100 events after the centre: the strict count
+    mostly measures the stream's own transition. So this adds, per series, recovery counted
+    from the END of the transition (where "after" accuracy starts), and the oracle's own
+    recovery under both readings, for scale."""
+    if end <= start:
+        return None
+    from_end = {k: cm.recovery(c, end, acc[k]["before"], args.window, args.tolerance) for k, c in correct.items()}
+    out: dict[str, Any] = {
+        "from_transition_end_events": from_end,
+        "from_transition_end_labels": {k: None if r is None else max(0, r - args.label_delay)
+                                       for k, r in from_end.items()}}
+    if case.concepts is not None:
+        centre = (start + end) // 2
+        oracle = [case.concepts(x, i >= centre) == y for i, (x, y) in enumerate(data)]
+        level = cm.accuracy(oracle, start - PRE, start)
+        out["majority_oracle"] = {
+            "before": level, "after": cm.accuracy(oracle, end),
+            "recovery_events_from_start": cm.recovery(oracle, start, level, args.window, args.tolerance),
+            "recovery_events_from_end": cm.recovery(oracle, end, level, args.window, args.tolerance)}
+    return out
+
+
 def targets(st: dict[str, Any], static_version: int | None) -> dict[str, Any]:
     acc, c = st["accuracy"], st["accuracy"]["rivulet"]["after"]
     online = {k: v["after"] for k, v in acc.items() if k.startswith("online_") and v["after"] is not None}
@@ -121,7 +150,7 @@ def targets(st: dict[str, Any], static_version: int | None) -> dict[str, Any]:
     c_last = acc["rivulet"]["after_last"]
     best_last = max((v["after_last"] for k, v in acc.items() if k.startswith("online_") and v["after_last"] is not None),
                     default=None)
-    labels = st["recovery_labels"]["rivulet"]
+    labels, gradual = st["recovery_labels"]["rivulet"], st.get("recovery_gradual")
     delay = st["incident_to_serving_s"]
     return {
         "c_after_ge_best_online_after": None if c is None or best is None else c >= best,
@@ -130,6 +159,10 @@ def targets(st: dict[str, Any], static_version: int | None) -> dict[str, Any]:
         "c_minus_static_after": None if c is None or a is None else round(c - a, 4),
         "c_far_above_static": None if c is None or a is None else c - a >= FAR,
         "recovery_labels_le_2000": labels is not None and labels <= 2000,
+        # gradual change only (None otherwise): the same target counted from the transition's end
+        "recovery_labels_from_transition_end_le_2000": None if gradual is None else (
+            gradual["from_transition_end_labels"]["rivulet"] is not None
+            and gradual["from_transition_end_labels"]["rivulet"] <= 2000),
         "incident_to_serving_le_30s": delay is not None and delay <= 30.0,
         "zero_failed_during_swaps": all(s["failed_nearby"] == 0 for s in st["swaps"]),
         "zero_failed_overall": st["failed_requests"] == 0,
@@ -151,6 +184,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         for key, a in st["accuracy"].items():
             lines.append(f"  {key:<11} {_f(a['before'])} -> {_f(a['after'])} (last {STEADY}: {_f(a['after_last'])}); "
                          f"recovery {st['recovery_events'][key]} events / {st['recovery_labels'][key]} labels")
+        grad = st.get("recovery_gradual")
+        if grad:
+            oracle = grad.get("majority_oracle") or {}
+            lines.append(f"  gradual: recovery counted from the transition's end (labels) {grad['from_transition_end_labels']}; "
+                         f"majority oracle's recovery (events) from the start {oracle.get('recovery_events_from_start')}, "
+                         f"from the end {oracle.get('recovery_events_from_end')}")
         lines.append(f"  incident -> new champion serving: {st['incident_to_serving_s']} s; first new-model answer "
                      f"{st['first_new_model_event_after_change']} events after the change; false alarms before: "
                      f"{st['false_alarms_before_change']}")

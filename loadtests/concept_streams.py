@@ -34,6 +34,10 @@ class Case:
     description: str
     make: Callable[[int, int, int], Iterator[tuple[dict[Any, Any], Any]]]  # (seed, change, width)
     width: int = 0
+    # The two concepts as functions, (fields, new concept?) -> label: the "majority oracle"
+    # of a gradual change (old concept before the centre, new one from it) bounds how soon
+    # ANY predictor's trailing accuracy can be back (the report's recovery_reference).
+    concepts: Callable[[dict[str, float], bool], bool] | None = None
 
     def transition(self, change: int) -> tuple[int, int]:
         """[start, end) of the transition: the concept is the old one before ``start`` and
@@ -72,7 +76,7 @@ CASES: dict[str, Case] = {
                            "Agrawal classification function 0 -> 2, abrupt", _agrawal_abrupt),
     "sea_gradual": Case("sea_gradual", SPECS / "sea.toml",
                         "SEA variant 0 -> 3 (x0 + x1 > 8 becomes > 9.5), gradual (ConceptDriftStream)",
-                        _sea_gradual, width=2000),
+                        _sea_gradual, width=2000, concepts=lambda x, new: sea_label(x, 9.5 if new else 8.0)),
 }
 
 

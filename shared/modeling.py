@@ -113,6 +113,10 @@ def _learner(spec: UseCaseSpec) -> Any:
         opts["grace_period"] = ls.grace_period
     if ls.split_delta is not None:
         opts["delta"] = ls.split_delta
+    if ls.splitter == "histogram":
+        opts["splitter"] = tree.splitter.HistogramSplitter()
+    if ls.leaf_prediction is not None:
+        opts["leaf_prediction"] = ls.leaf_prediction
     if ls.kind == "hoeffding_adaptive_tree":
         return tree.HoeffdingAdaptiveTreeClassifier(seed=ls.seed, **opts)
     if ls.kind == "hoeffding_tree":
@@ -131,12 +135,22 @@ def train(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool]], mod
     model = model if model is not None else build_learner(spec)
     prepared = [(prepare(x, spec), bool(y)) for x, y in rows]
     rng = random.Random(spec.model.learner.seed)
-    for _ in range(max(1, spec.model.learner.epochs)):
+    for _ in range(epochs_for(spec, len(prepared))):
         order = list(range(len(prepared)))
         rng.shuffle(order)
         for i in order:
             model.learn_one(*prepared[i])
     return model
+
+
+def epochs_for(spec: UseCaseSpec, rows: int) -> int:
+    """Passes over ``rows`` training rows: ``epochs``, raised to reach ``min_updates``
+    learning steps when the spec sets it (a short post-change window still converges)."""
+    epochs = max(1, spec.model.learner.epochs)
+    need = spec.model.learner.min_updates
+    if need is not None and rows > 0:
+        epochs = max(epochs, math.ceil(need / rows))
+    return epochs
 
 
 def score(model: Scorer, raw: Mapping[str, Any], spec: UseCaseSpec) -> float:
@@ -338,7 +352,7 @@ def train_epochs(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool
     model = model if model is not None else build_learner(spec)
     prepared = [(prepare(x, spec), bool(y)) for x, y in rows]
     rng = random.Random(spec.model.learner.seed)
-    epochs = max(1, spec.model.learner.epochs)
+    epochs = epochs_for(spec, len(prepared))
     for epoch in range(1, epochs + 1):
         order = list(range(len(prepared)))
         rng.shuffle(order)

@@ -109,6 +109,14 @@ class LearnerSpec(_Frozen):
     grace_period: int | None = Field(default=None, ge=1)
     split_delta: float | None = Field(default=None, gt=0, lt=1)
     n_models: int = Field(default=5, ge=1)  # adaptive_random_forest: trees in the forest
+    # Tree kinds only; None = River's default (gaussian splitter, "nba" leaves). The histogram
+    # splitter places numeric thresholds where the data changes class (the Gaussian one
+    # guesses them from per-class normal fits); "mc" leaves answer their majority class.
+    splitter: Literal["gaussian", "histogram"] | None = None
+    leaf_prediction: Literal["mc", "nb", "nba"] | None = None
+    # At least this many learning steps per training: a short window (e.g. the first rows
+    # after a concept change) gets more passes than ``epochs`` (None: exactly ``epochs``).
+    min_updates: int | None = Field(default=None, ge=1)
 
 
 TaskKind = Literal["binary", "regression"]

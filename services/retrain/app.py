@@ -263,8 +263,10 @@ class Retrain:
         await self.flush()
         result: dict[str, Any] | str
         try:
+            # The spare is replaced once this training is over (``train``), not now: an
+            # interpreter importing River beside it would slow the very training a drift
+            # incident waits for; a second spare covers a back-to-back trigger meanwhile.
             worker = self.take_spare()
-            await self.warm_up()  # the next one imports while this one trains (back-to-back triggers)
             result = await trainer.run_in_child(job, s.spec, s.retrain_hash_seed, s.retrain_timeout_s,
                                                 on_progress=lambda e, n: self.progress(trigger, e, n), proc=worker)
             self.emit(rd.step("finished", trigger, time.time(), policy=plan.mode, progress=1.0,

@@ -83,7 +83,7 @@ def run_job(job: Mapping[str, Any], spec: UseCaseSpec,
     threshold = float(job["threshold"])
     model = None
     for epoch, epochs, model in modeling.train_epochs(spec, train_rows, _parent_model(job)):
-        if progress is not None:
+        if progress is not None and _tenth(epoch, epochs) != _tenth(epoch - 1, epochs):
             progress(epoch, epochs)
     artifact = modeling.serialize(model)
     champion, champion_source = _champion(job, spec)
@@ -100,6 +100,12 @@ def run_job(job: Mapping[str, Any], spec: UseCaseSpec,
         "profile": build_profile([x for x, _ in train_rows], scores, spec),
         "validation": validate(model, champion, job, spec, metrics),
     }
+
+
+def _tenth(epoch: int, epochs: int) -> int:
+    """Progress is reported at most ten times a training: a short window trained with many
+    passes (``min_updates``) must not flood ``retrain.decisions`` with one record per pass."""
+    return epoch * 10 // max(1, epochs)
 
 
 def validate(model: Any, champion: Any, job: Mapping[str, Any], spec: UseCaseSpec,

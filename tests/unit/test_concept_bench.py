@@ -11,7 +11,7 @@ import pytest
 from loadtests import concept_metrics as cm
 from loadtests.concept import parse
 from loadtests.concept_plot import plot
-from loadtests.concept_report import analyse, summary_lines
+from loadtests.concept_report import analyse, gradual_recovery, summary_lines
 from loadtests.concept_streams import CASES, rows, sea_label
 from shared import modeling
 from shared.spec import load_spec
@@ -171,6 +171,27 @@ def test_analyse_report_shape_and_plot(tmp_path: Path) -> None:
     assert any("sea_abrupt" in line for line in summary_lines(report))
     png = plot(report, tmp_path / "c.png")
     assert png is not None and png.stat().st_size > 10_000
+
+
+def test_gradual_recovery_counts_from_the_end_too_and_reports_the_oracle() -> None:
+    case = CASES["sea_gradual"]
+    data = rows(case, 3000, 3000, seed=3)
+    start, end = case.transition(3000)
+    args = argparse.Namespace(window=500, tolerance=0.02, label_delay=200)
+    assert case.concepts is not None
+    oracle = [case.concepts(x, i >= 3000) == y for i, (x, y) in enumerate(data)]
+    acc = {"rivulet": cm.phases(oracle, start, end, 1000, 2000)}
+    out = gradual_recovery(case, data, {"rivulet": oracle}, acc, start, end, args)
+    assert out is not None
+    ref = out["majority_oracle"]
+    # even the oracle's trailing accuracy needs most of the transition to be back ...
+    assert ref["recovery_events_from_start"] > (end - start) // 2
+    assert ref["recovery_events_from_end"] == ref["recovery_events_from_start"] - (end - start)
+    # ... and a series identical to it recovers exactly as it does
+    assert out["from_transition_end_events"]["rivulet"] == ref["recovery_events_from_end"]
+    assert out["from_transition_end_labels"]["rivulet"] == max(0, ref["recovery_events_from_end"] - 200)
+    abrupt = CASES["sea_abrupt"]
+    assert gradual_recovery(abrupt, data, {"rivulet": oracle}, acc, 3000, 3000, args) is None
 
 
 def test_quick_flag_shortens_the_run() -> None:

@@ -6,6 +6,7 @@ warm (pre-started) trainer child gives the same artifact as a fresh one."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from services.retrain import guards, policy, trainer
 from services.retrain import handlers as h
@@ -135,3 +136,50 @@ async def test_an_incident_preempts_a_running_refresh_but_not_an_incident_traini
         assert skipped == ({"new_labels:v1:50", "schedule:v1:1"} if preempted else skipped)
         app.training.cancel()
         app.state.in_flight = None
+
+
+def test_concept_spec_learners_are_reproducible_and_report_progress_sparingly() -> None:
+    """The benchmark specs' learners (SGD with ``min_updates``: hundreds of passes over a
+    short window; a Hoeffding tree with the histogram splitter and majority-class leaves)
+    give the same bytes in two fresh children, and a job reports at most ten progress steps."""
+    from loadtests.concept_streams import CASES
+    from loadtests.concept_streams import rows as stream_rows
+    from shared import modeling
+    from shared.spec import load_spec
+
+    for name in ("sea_abrupt", "agrawal_abrupt"):
+        path = CASES[name].spec
+        spec = load_spec(path)
+        data = [h.Row(f"p{i}", float(i), x, y) for i, (x, y) in enumerate(stream_rows(CASES[name], 150, 0, 5))]
+        job = trainer.make_job(data[:120], data[120:], None, SECRET, 0.5)
+        steps: list[tuple[int, int]] = []
+
+        async def twice(job: dict, path: Path, steps: list[tuple[int, int]]) -> tuple[dict, dict]:
+            first = await trainer.run_in_child(job, path, 0, 120.0, on_progress=lambda e, n: steps.append((e, n)))
+            return first, await trainer.run_in_child(job, path, 0, 120.0)
+
+        first, second = asyncio.run(twice(job, path, steps))
+        assert first["sha256"] == second["sha256"]
+        epochs = modeling.epochs_for(spec, 120)
+        assert 1 <= len(steps) <= 10 and steps[-1] == (epochs, epochs)
+        if spec.model.learner.min_updates:
+            assert epochs * 120 >= spec.model.learner.min_updates > spec.model.learner.epochs * 120
+
+
+def test_new_learner_options_are_opt_in() -> None:
+    from river import tree
+
+    from loadtests.concept_streams import CASES
+    from shared import modeling
+    from shared.spec import load_spec
+
+    fraud = load_spec(default_spec_path())
+    assert fraud.model.learner.min_updates is None
+    assert [modeling.epochs_for(fraud, n) for n in (1, 10, 10_000)] == [fraud.model.learner.epochs] * 3
+    agrawal = load_spec(CASES["agrawal_abrupt"].spec)
+    learner = modeling.build_learner(agrawal)[-1]
+    assert isinstance(learner.splitter, tree.splitter.HistogramSplitter) and learner.leaf_prediction == "mc"
+    plain = agrawal.model_copy(update={"model": agrawal.model.model_copy(update={"learner": agrawal.model.learner.model_copy(
+        update={"splitter": None, "leaf_prediction": None})})})
+    default = modeling.build_learner(plain)[-1]
+    assert isinstance(default.splitter, tree.splitter.GaussianSplitter) and default.leaf_prediction == "nba"
