@@ -16,8 +16,9 @@ Starts an embedded broker + Redis and measures, in order:
     stays full and Redis grows), RSS sampled every 5 s: "flat" = the last minute's median
     within 10% of the second minute's.
 
-Also reports the CPU time per event of each process (utime + stime from /proc): on a
-shared, loaded machine that is steadier than the rates, which depend on who else runs.
+Also reports the CPU time per event of each process (utime + stime from /proc), the broker
+and Redis included: on a shared, loaded machine that is steadier than the rates, which
+depend on who else runs, and it shows what bounds (b) on a 2-core machine.
 
 Writes loadtests/reports/features-<UTC>.json and prints a summary.
 
@@ -154,6 +155,7 @@ class Bench:
         self.rng = random.Random(42)
         self.counter = 0
         self.total = 0  # valid events produced to events.raw so far
+        self.pids: dict[str, int] = {}  # process name -> pid, for CPU accounting
 
     def spawn(self, *argv: str, **env: Any) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{argv[-1].replace('.', '_')}-{len(self.procs)}.log", "ab")
@@ -191,11 +193,12 @@ class Bench:
         asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, warm))
         wait(lambda: self._out_count() >= 500, 60, 0.05)
         records = self.events(self.args.events, self.args.entities)
-        cpu0 = cpu_s(worker.pid)
+        cpu0, broker0 = cpu_s(worker.pid), cpu_s(self.broker.proc.pid)
         started = asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, records))
         done = wait(lambda: self._out_count() >= 500 + len(records), 300, 0.01)
         return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
-                "cpu_us_per_event": (cpu_s(worker.pid) - cpu0) / len(records) * 1e6}
+                "cpu_us_per_event": (cpu_s(worker.pid) - cpu0) / len(records) * 1e6,
+                "broker_cpu_us_per_event": (cpu_s(self.broker.proc.pid) - broker0) / len(records) * 1e6}
 
     def _out_count(self) -> int:
         """Input records the baseline committed (it commits only after its outputs are acked)."""
@@ -264,9 +267,12 @@ class Bench:
             finally:
                 await producer.stop()
 
+        pids = {**self.pids, "bench_producer": os.getpid()}
+        cpu0, t0 = {n: cpu_s(pid) for n, pid in pids.items()}, time.time()
         asyncio.run(run())
         backlog = self.total - self._applied_count()
         ended = time.time()
+        cores = {n: round((cpu_s(pid) - cpu0[n]) / (ended - t0), 3) for n, pid in pids.items()}
         try:
             wait(lambda: self._applied_count() >= self.total, 900, 0.05)
         except TimeoutError:
@@ -277,7 +283,7 @@ class Bench:
             if written is not None:
                 lat.append((float(written) - sent) * 1000)
         return {"rate_events_per_s": rate, "samples": len(lat), "missing": len(sampled) - len(lat),
-                "backlog_at_end": backlog,
+                "backlog_at_end": backlog, "cpu_cores_while_producing": cores,
                 "drain_s": time.time() - ended if self._applied_count() >= self.total else None,
                 "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": max(lat, default=float("nan"))}
 
@@ -320,7 +326,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rss: list[tuple[float, int]] = []
         stop = threading.Event()
         threading.Thread(target=sample_rss, args=(features.pid, stop, rss), daemon=True).start()
-        system = bench.system({"ingestion": ingestion.pid, "features": features.pid})
+        bench.pids = {"ingestion": ingestion.pid, "features": features.pid,
+                      "broker": bench.broker.proc.pid, "redis": bench.redis.proc.pid}
+        system = bench.system(bench.pids)
         rate = system["steady_events_per_s"] * args.load
         fresh = bench.freshness(rate, args.duration, args.entities)
         stop.set()
@@ -369,11 +377,14 @@ def main() -> None:
     print(f"(a) baseline raw aiokafka loop : {a['events_per_s']:9.0f} events/s")
     print(f"(b) ingestion+features->Redis  : {b['events_per_s']:9.0f} events/s   (b)/(a) = {t['b_over_a']:.2f}"
           f" (target >= 0.5: {'met' if t['b_over_a_met'] else 'MISSED'}); steady {b['steady_events_per_s']:.0f}/s")
-    print(f"    CPU us/event: baseline {a['cpu_us_per_event']:.0f}, ingestion {b['cpu_us_per_event']['ingestion']:.0f},"
-          f" features {b['cpu_us_per_event']['features']:.0f}")
+    cpu = b["cpu_us_per_event"]
+    print(f"    CPU us/event: baseline {a['cpu_us_per_event']:.0f} (+ broker {a['broker_cpu_us_per_event']:.0f});"
+          f" ingestion {cpu['ingestion']:.0f}, features {cpu['features']:.0f}, broker {cpu['broker']:.0f},"
+          f" redis {cpu['redis']:.0f}")
     print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
           f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples,"
           f" backlog at end {c['backlog_at_end']})")
+    print("    CPU cores while producing: " + ", ".join(f"{n} {v:.2f}" for n, v in c["cpu_cores_while_producing"].items()))
     print(f"(d) features peak RSS          : {report['d_features_rss']['peak_kb'] / 1024:.1f} MB")
     if (long := report["d_features_rss"]["long_run"]) is not None:
         print(f"    {long['minutes']:g} min over {long['entities']} entities: RSS {long['rss_kb_second_minute_median'] / 1024:.1f}"

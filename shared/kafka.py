@@ -133,24 +133,59 @@ class BatchLoop:
     max_records: int = 1000
     timeout_ms: int = 100
     retry_backoff_s: float = 1.0
+    # 0: commit after every batch. > 0: commit the acked batches' offsets at most this often
+    # (and when idle or stopping): fewer broker round trips in the loop, at the price of
+    # more redelivery after a crash (still at-least-once: only acked batches are committed).
+    commit_interval_s: float = 0.0
     processed: int = field(default=0, init=False)
+    _pending: dict[TopicPartition, int] = field(default_factory=dict, init=False)
+    _committed_at: float = field(default=0.0, init=False)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            batches = await self.consumer.getmany(timeout_ms=self.timeout_ms, max_records=self.max_records)
-            records = [r for recs in batches.values() for r in recs]
-            if not records:
-                continue
-            try:
-                outs = await self.handle(records)
-                if outs and self.producer is not None:
-                    await publish(self.producer, outs)
-                await self.consumer.commit(_next_offsets(records))
-                self.processed += len(records)
-            except Exception:  # noqa: BLE001 - any failure means "retry the batch"
-                log.exception("%s: batch of %d failed; will retry", self.name, len(records))
-                _seek_back(self.consumer, records)
-                await _sleep_or_stop(stop, self.retry_backoff_s)
+        try:
+            while not stop.is_set():
+                batches = await self.consumer.getmany(timeout_ms=self.timeout_ms, max_records=self.max_records)
+                records = [r for recs in batches.values() for r in recs]
+                if not records:
+                    await self._commit_idle()
+                    continue
+                try:
+                    outs = await self.handle(records)
+                    if outs and self.producer is not None:
+                        await publish(self.producer, outs)
+                    self._pending.update(_next_offsets(records))
+                    await self._commit(force=False)
+                    self.processed += len(records)
+                except Exception:  # noqa: BLE001 - any failure means "retry the batch"
+                    log.exception("%s: batch of %d failed; will retry", self.name, len(records))
+                    _seek_back(self.consumer, records)
+                    await _sleep_or_stop(stop, self.retry_backoff_s)
+        finally:
+            await self._commit_idle()
+
+    async def _commit_idle(self) -> None:
+        """Commit what is pending when idle or stopping; a failure is retried later."""
+        try:
+            await self._commit(force=True)
+        except KafkaError as exc:
+            log.warning("%s: commit failed (%s); will retry", self.name, exc)
+
+    async def _commit(self, force: bool) -> None:
+        """Commit the acked batches' offsets (every batch, or per ``commit_interval_s``).
+        Partitions revoked meanwhile are dropped: their new owner redelivers (at-least-once)."""
+        now = time.monotonic()
+        if not self._pending or (not force and now - self._committed_at < self.commit_interval_s):
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in self._pending.items() if tp in assigned}
+        self._pending = {}
+        try:
+            if offsets:
+                await self.consumer.commit(offsets)
+        except Exception:
+            self._pending = {**offsets, **self._pending}  # retried with the next commit
+            raise
+        self._committed_at = now
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:

@@ -17,11 +17,11 @@ entity, so the Redis write is incremental.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.features.decode import Decoded, RawRecord, decode_batch, decode_event
 from services.features.state import Window
 from services.features.windows import Event, compute_features, dedupe
 from shared import codec
@@ -32,21 +32,10 @@ from shared.spec import UseCaseSpec
 
 __all__ = [
     "BatchPlan", "Decoded", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity",
-    "compute_features", "decode_batch", "feature_hash", "late_dead_letter", "merge_events",
+    "compute_features", "decode_batch", "decode_event", "feature_hash", "late_dead_letter", "merge_events",
     "plan_batch", "resume_positions", "slim_event",
 ]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """What the service needs from a consumed record (faust/aiokafka agnostic)."""
-
-    partition: int
-    offset: int
-    value: bytes | None
-    key: bytes | None = None
-    topic: str = "events.valid"
 
 
 @dataclass(frozen=True)
@@ -56,19 +45,6 @@ class LateRecord:
     record: RawRecord
     event_time: float
     newest: float
-
-
-@dataclass
-class Decoded:
-    """A batch after redelivery filtering and validation."""
-
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # entity -> offset order
-    partitions: dict[str, int] = field(default_factory=dict)  # entity -> its partition
-    offsets: dict[int, int] = field(default_factory=dict)  # partition -> highest new offset
-    sources: dict[str, RawRecord] = field(default_factory=dict)  # event_id -> its record
-    gaps: int = 0  # partitions whose first new offset skips past applied + 1
-    invalid: int = 0
-    redelivered: int = 0
 
 
 @dataclass
@@ -98,88 +74,6 @@ def slim_event(event: Mapping[str, Any], spec: UseCaseSpec) -> dict[str, Any]:
     """Only what the features read: keeps the Redis buffers small."""
     keep = {"event_id", "event_time", *(f.field for f in spec.features if f.field)}
     return {k: event.get(k) for k in sorted(keep)}
-
-
-_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
-_CHECKS: dict[int, tuple[UseCaseSpec, tuple[tuple[str, tuple[type, ...], bool], ...]]] = {}
-
-
-def _field_checks(spec: UseCaseSpec) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
-    """(field, accepted types, required) of every field a feature reads, once per spec."""
-    cached = _CHECKS.get(id(spec))
-    if cached is None or cached[0] is not spec:
-        names = sorted({f.field for f in spec.features if f.field})
-        checks = tuple((n, _TYPES[spec.event.fields[n].type], spec.event.fields[n].required) for n in names)
-        cached = _CHECKS[id(spec)] = (spec, checks)
-    return cached[1]
-
-
-def decode_event(value: bytes | None, spec: UseCaseSpec) -> tuple[str, dict[str, Any]] | None:
-    """(entity id, slim event) or None if the bytes are not an event the features can read.
-
-    Why not the full contract: ingestion validated every events.valid record; re-running
-    pydantic here cost more than the features. What the features rely on is checked:
-    ids are non-empty strings, event_time a finite number, each read field of its type.
-    """
-    try:
-        data = codec.loads(value or b"")
-    except codec.JSONDecodeError as exc:
-        log.warning("skipping invalid events.valid record: %s", str(exc)[:200])
-        return None
-    problem = _problem(data, spec)
-    if problem:
-        log.warning("skipping invalid events.valid record: %s", problem)
-        return None
-    slim = {"event_id": data["event_id"], "event_time": float(data["event_time"])}
-    for name, _, _ in _field_checks(spec):
-        slim[name] = data.get(name)
-    return data["entity_id"], slim
-
-
-def _problem(data: Any, spec: UseCaseSpec) -> str | None:
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    if data.get("schema_version", 1) != 1:
-        return f"unknown schema_version {data.get('schema_version')!r}"
-    for key in ("event_id", "entity_id"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            return f"{key} must be a non-empty string"
-    t = data.get("event_time")
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
-        return "event_time must be a finite number of epoch seconds"
-    for name, types, required in _field_checks(spec):
-        v = data.get(name)
-        if v is None:
-            if required:
-                return f"{name} is required"
-        elif not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            return f"{name} has the wrong type"
-        elif isinstance(v, float) and not math.isfinite(v):
-            return f"{name} is not finite"
-    return None
-
-
-def decode_batch(records: Iterable[RawRecord], applied: Mapping[int, int], spec: UseCaseSpec) -> Decoded:
-    """Skip records at or below their partition's applied offset; decode the rest."""
-    out = Decoded()
-    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
-        if rec.offset <= applied.get(rec.partition, -1):
-            out.redelivered += 1
-            continue
-        if rec.partition not in out.offsets and rec.partition in applied and rec.offset > applied[rec.partition] + 1:
-            out.gaps += 1  # should never happen: resume_positions seeks to applied + 1
-            log.error("partition %d: offsets %d..%d were never applied", rec.partition,
-                      applied[rec.partition] + 1, rec.offset - 1)
-        out.offsets[rec.partition] = max(out.offsets.get(rec.partition, -1), rec.offset)
-        decoded = decode_event(rec.value, spec)
-        if decoded is None:
-            out.invalid += 1
-            continue
-        entity, event = decoded
-        out.events.setdefault(entity, []).append(event)
-        out.partitions.setdefault(entity, rec.partition)
-        out.sources[event["event_id"]] = rec
-    return out
 
 
 def apply_events(

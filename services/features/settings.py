@@ -8,10 +8,11 @@ from shared.config import RivuletSettings
 class FeaturesSettings(RivuletSettings):
     # Consumer group and faust app id: unique to this service.
     group_id: str = "rivulet-features"
-    # A batch is whatever arrived while the previous one was written, up to batch_size events.
+    # A batch is one fetch (whatever arrived while the previous batch was written), applied
+    # in chunks of at most batch_size events (bounds how long one Lua script blocks Redis).
     batch_size: int = 500
     # Longest time the broker may hold a fetch with no data (lower: fresher features).
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = 5
     # How often faust commits acked offsets (Redis offsets make redelivery harmless).
     commit_interval_s: float = 1.0
     # A crashed member is evicted from the group after this long (faust's default is 60 s).

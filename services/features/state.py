@@ -24,19 +24,30 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.features.windows import Event, evaluate, sort_key
+from services.features.windows import (
+    Event,
+    evaluate_columns,
+    numeric,
+    numeric_fields,
+    raw_fields,
+    sort_key,
+)
 from shared.spec import UseCaseSpec
 
 
 @dataclass
 class Window:
-    """One entity's events still needed by a future window, in (event_time, event_id) order."""
+    """One entity's events still needed by a future window, in (event_time, event_id) order,
+    with the columns the features read (built on first use, then kept up to date)."""
 
     partition: int
     touched: float = float("-inf")  # monotonic time of this worker's last write of the entity
     keys: list[tuple[float, str]] = field(default_factory=list)  # sort keys, for bisect
     events: list[dict[str, Any]] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    times: list[float] = field(default_factory=list)
+    raw: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, in key order
+    num: dict[str, list[float | None]] = field(default_factory=dict)  # field -> numeric(values)
 
     @classmethod
     def of(cls, partition: int, events: Iterable[Event]) -> Window:
@@ -47,33 +58,52 @@ class Window:
 
     @property
     def newest(self) -> float:
-        return self.keys[-1][0] if self.keys else float("-inf")
+        return self.times[-1] if self.times else float("-inf")
 
     def add(self, event: dict[str, Any]) -> bool:
         """Insert in canonical order; False if this event_id is already here."""
         if event["event_id"] in self.ids:
             return False
         key = sort_key(event)
-        pos = bisect_left(self.keys, key) if self.keys and key < self.keys[-1] else len(self.keys)
-        self.keys.insert(pos, key)
-        self.events.insert(pos, event)
+        if self.keys and key < self.keys[-1]:
+            pos = bisect_left(self.keys, key)
+            self.keys.insert(pos, key)
+            self.events.insert(pos, event)
+            self.times.insert(pos, key[0])
+            for name, col in self.raw.items():
+                col.insert(pos, event.get(name))
+            for name, ncol in self.num.items():
+                ncol.insert(pos, numeric(event.get(name)))
+        else:
+            self.keys.append(key)
+            self.events.append(event)
+            self.times.append(key[0])
+            for name, col in self.raw.items():
+                col.append(event.get(name))
+            for name, ncol in self.num.items():
+                ncol.append(numeric(event.get(name)))
         self.ids.add(key[1])
         return True
 
     def prune(self, cutoff: float) -> list[str]:
         """Drop events older than ``cutoff``; returns their ids (to delete in Redis)."""
-        n = bisect_left(self.keys, (cutoff, ""))
+        n = bisect_left(self.times, cutoff)
         if not n:
             return []
         gone = [k[1] for k in self.keys[:n]]
-        del self.keys[:n], self.events[:n]
+        del self.keys[:n], self.events[:n], self.times[:n]
+        for col in (*self.raw.values(), *self.num.values()):
+            del col[:n]
         self.ids.difference_update(gone)
         return gone
 
     def features(self, spec: UseCaseSpec) -> dict[str, float | None]:
         """Every feature at the newest event time (the batch definition, no re-sort)."""
-        at = self.newest
-        return evaluate(self.events, [k[0] for k in self.keys], at, spec)
+        for name in raw_fields(spec) - self.raw.keys():
+            self.raw[name] = [e.get(name) for e in self.events]
+        for name in numeric_fields(spec) - self.num.keys():
+            self.num[name] = [numeric(v) for v in self.raw[name]]
+        return evaluate_columns(self.times, self.raw, self.num, self.newest, spec)
 
 
 class Cache:

@@ -42,7 +42,7 @@ LateSink = Callable[[Sequence[LateRecord]], Awaitable[None]]
 
 # KEYS[1]: applied offsets hash; KEYS[2i], KEYS[2i+1]: features and window hash of entity i.
 # ARGV[1]: TTL (s); ARGV[2]: JSON {"o": [[partition, expected or "", new], ...],
-#   "e": [[feature fields (flat), added events (flat id, json), removed ids], ...]}.
+#   "e": [[feature fields (flat), added events (flat id, json), removed ids, absent features], ...]}.
 # Returns {1} when applied, {0, partition} when that partition's offset was not as expected.
 APPLY_LUA = """
 local ttl = ARGV[1]
@@ -57,8 +57,8 @@ local function chunked(cmd, key, list)
 end
 for i, e in ipairs(batch.e) do
   local fkey, wkey = KEYS[2 * i], KEYS[2 * i + 1]
-  redis.call('DEL', fkey)
   chunked('HSET', fkey, e[1])
+  if #e[4] > 0 then redis.call('HDEL', fkey, unpack(e[4])) end
   redis.call('EXPIRE', fkey, ttl)
   if #e[2] > 0 then chunked('HSET', wkey, e[2]) end
   if #e[3] > 0 then chunked('HDEL', wkey, e[3]) end
@@ -147,8 +147,9 @@ class FeatureStore:
         for entity, values in plan.features.items():
             keys += [redis_keys.features(self.spec, entity), redis_keys.window_events(self.spec, entity)]
             fields = [x for kv in feature_hash(values, plan.at[entity], now).items() for x in kv]
+            absent = [name for name, v in values.items() if v is None]  # a feature hash has no others
             added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
-            entities.append([fields, added, plan.removed[entity]])
+            entities.append([fields, added, plan.removed[entity], absent])
         offsets = [[str(p), _expected(self.cache.applied.get(p)), str(o)] for p, o in plan.offsets.items()]
         ttl = max(1, math.ceil(self.spec.features_config.entity_ttl))
         result = await self.script(keys=keys, args=[ttl, orjson.dumps({"o": offsets, "e": entities})])

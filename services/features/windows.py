@@ -76,32 +76,96 @@ def compute_features(events: Sequence[Event], at: float, spec: UseCaseSpec) -> d
 
 def evaluate(canon: Sequence[Event], times: Sequence[float], at: float, spec: UseCaseSpec) -> dict[str, float | None]:
     """The features at ``at`` from events in canonical order, all at or before ``at``
-    (``times`` = their event times). Each window is sliced once and each field's numbers
-    extracted once per window: many features share them (sum, mean, max of one field)."""
+    (``times`` = their event times)."""
+    raw = {f: [e.get(f) for e in canon] for f in raw_fields(spec)}
+    num = {f: [numeric(v) for v in raw_col] for f, raw_col in raw.items() if f in numeric_fields(spec)}
+    return evaluate_columns(times, raw, num, at, spec)
+
+
+def numeric(value: Any) -> float | None:
+    """A field's value as an aggregation number: finite int/float (bool counts as 0/1)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def raw_fields(spec: UseCaseSpec) -> frozenset[str]:
+    """The event fields the features read."""
+    return _fields(spec)[0]
+
+
+def numeric_fields(spec: UseCaseSpec) -> frozenset[str]:
+    """The fields read as numbers (sum, mean, std, min, max, last)."""
+    return _fields(spec)[1]
+
+
+_FIELDS: dict[int, tuple[UseCaseSpec, tuple[frozenset[str], frozenset[str]]]] = {}
+
+
+def _fields(spec: UseCaseSpec) -> tuple[frozenset[str], frozenset[str]]:
+    """Computed once per spec object (specs are loaded once and never mutated)."""
+    cached = _FIELDS.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        raw = frozenset(f.field for f in spec.features if f.field)
+        cached = _FIELDS[id(spec)] = (spec, (raw, frozenset(f.field for f in spec.features
+                                                           if f.field and f.agg in _NUMERIC)))
+    return cached[1]
+
+
+def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], num: Mapping[str, Sequence[float | None]],
+                     at: float, spec: UseCaseSpec) -> dict[str, float | None]:
+    """The features at ``at`` from columns in canonical order (all at or before ``at``):
+    ``raw[field]`` the values, ``num[field]`` the same as :func:`numeric`.
+
+    Why columns: this is the streaming engine's hot path. Each distinct window is found
+    once by bisection and each field's numbers sliced (and summed) once per window, shared
+    by the features over it (sum, mean, max of one field), with no per-event Python work
+    when every value is a number.
+    """
     out: dict[str, float | None] = {}
-    slices: dict[tuple[float, bool], list[Event]] = {}
-    numbers: dict[tuple[float, bool, str], list[float]] = {}
-    for feat in spec.features:
-        bound = window_start(feat, at)
-        window = slices.get(bound)
-        if window is None:
-            start, inclusive = bound
-            lo = bisect_left(times, start) if inclusive else bisect_right(times, start)
-            window = slices[bound] = list(canon[lo:])  # a copy: aggregations never see the buffer
-        if feat.agg in _NUMERIC:
-            nums = numbers.get((*bound, feat.field or ""))
-            if nums is None:
-                nums = numbers[(*bound, feat.field or "")] = _numbers(feat, window)
-            value = _NUMERIC[feat.agg](nums)
-        else:
-            value = _AGGS[feat.agg](feat, window)
-        out[feat.name] = feat.default if value is None else value
+    n = len(times)
+    for first, feats in _windows_of(spec):
+        start, inclusive = window_start(first, at)
+        lo = bisect_left(times, start) if inclusive else bisect_right(times, start)
+        numbers: dict[str, Sequence[float]] = {}
+        sums: dict[str, float] = {}
+        for feat in feats:
+            agg, name = feat.agg, feat.field or ""
+            if agg in _NUMERIC:
+                nums = numbers.get(name)
+                if nums is None:
+                    col = num[name][lo:]
+                    nums = numbers[name] = [x for x in col if x is not None] if None in col else col
+                if not nums:
+                    value = None
+                elif agg == "sum" or agg == "mean":
+                    total = sums.get(name)
+                    if total is None:
+                        total = sums[name] = math.fsum(nums)
+                    value = total if agg == "sum" else total / len(nums)
+                else:
+                    value = _NUMERIC[agg](nums)  # type: ignore[arg-type]
+            elif agg == "count":
+                value = float(n - lo if not name else sum(1 for v in raw[name][lo:] if v is not None)) or None
+            elif agg == "distinct_count":
+                value = float(len(set(raw[name][lo:]) - {None})) or None
+            else:  # time_since_last
+                value = times[-1] - times[-2] if n - lo >= 2 else None
+            out[feat.name] = feat.default if value is None else value
     return out
 
 
-def _numbers(feat: FeatureSpec, window: list[Event]) -> list[float]:
-    values = (e.get(feat.field or "") for e in window)
-    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+_WINDOWS: dict[int, tuple[UseCaseSpec, list[tuple[FeatureSpec, list[FeatureSpec]]]]] = {}
+
+
+def _windows_of(spec: UseCaseSpec) -> list[tuple[FeatureSpec, list[FeatureSpec]]]:
+    """The spec's features grouped by window definition (one bisection per group), once per spec."""
+    cached = _WINDOWS.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        groups: dict[tuple[str, float, float | None], list[FeatureSpec]] = {}
+        for feat in spec.features:
+            hop = feat.window if feat.kind == "tumbling" else float(feat.hop or feat.window)
+            groups.setdefault((feat.kind, float(feat.window), None if feat.kind == "sliding" else hop), []).append(feat)
+        cached = _WINDOWS[id(spec)] = (spec, [(feats[0], feats) for feats in groups.values()])
+    return cached[1]
 
 
 def _std_of(nums: list[float]) -> float:
@@ -118,30 +182,4 @@ _NUMERIC: dict[str, Callable[[list[float]], float | None]] = {
     "min": lambda nums: min(nums) if nums else None,
     "max": lambda nums: max(nums) if nums else None,
     "last": lambda nums: nums[-1] if nums else None,
-}
-
-
-def _count(feat: FeatureSpec, window: list[Event]) -> float | None:
-    if not feat.field:
-        return float(len(window)) if window else None
-    hits = sum(1 for e in window if e.get(feat.field) is not None)
-    return float(hits) if hits else None
-
-
-def _distinct(feat: FeatureSpec, window: list[Event]) -> float | None:
-    values = {e.get(feat.field or "") for e in window} - {None}
-    return float(len(values)) if values else None
-
-
-def _since_last(feat: FeatureSpec, window: list[Event]) -> float | None:
-    if len(window) < 2:
-        return None
-    return float(window[-1]["event_time"]) - float(window[-2]["event_time"])
-
-
-# Aggregations of the window's events.
-_AGGS: dict[str, Callable[[FeatureSpec, list[Event]], float | None]] = {
-    "count": _count,
-    "distinct_count": _distinct,
-    "time_since_last": _since_last,
 }

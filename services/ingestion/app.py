@@ -22,7 +22,14 @@ from services.ingestion import handlers
 from services.ingestion.settings import IngestionSettings
 from shared import codec
 from shared.errors import RejectedRecord
-from shared.kafka import BatchLoop, Out, dead_letter, ensure_topics, make_consumer, make_producer
+from shared.kafka import (
+    BatchLoop,
+    Out,
+    dead_letter,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from shared.runtime import run_service, setup_logging
 from shared.spec import UseCaseSpec
 from shared.topics import EVENTS_RAW, EVENTS_VALID, LABELS_RAW, LABELS_VALID
@@ -68,7 +75,8 @@ class Ingestion:
         await consumer.start()
         await producer.start()
         log.info("ingestion started: %s -> %s", list(ROUTES), [r[1] for r in ROUTES.values()])
-        loop = BatchLoop(consumer, producer, self.handle, name="ingestion", max_records=s.ingestion_batch)
+        loop = BatchLoop(consumer, producer, self.handle, name="ingestion", max_records=s.ingestion_batch,
+                         commit_interval_s=s.ingestion_commit_interval_s)
         try:
             await loop.run(stop)
         finally:

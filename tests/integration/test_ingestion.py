@@ -3,11 +3,15 @@ the original bytes, reason and source offset, and the valid records around them 
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import codec
 from shared.contracts import DeadLetter
-from tests.helpers import Stack, produce_json, read_topic
+from tests.helpers import Stack, produce_json, read_topic, wait_for
 
 
 def _event(i: int, now: float) -> dict:
@@ -71,3 +75,31 @@ def test_events_and_labels_validated_and_dead_lettered(stack: Stack) -> None:
     bad_labels = read_topic(stack.broker.url, "labels.dlq", count=3, timeout=20)
     reasons = sorted(DeadLetter.from_headers(r.headers).reason for r in bad_labels)
     assert reasons == ["invalid_json", "payload_too_large", "wrong_type"]
+
+
+async def _committed(bootstrap: str, partitions: set[int]) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="rivulet-ingestion", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition("events.raw", p)) for p in partitions}
+    finally:
+        await consumer.stop()
+
+
+def test_throttled_commits_still_reach_the_end_when_idle_and_on_stop(stack: Stack) -> None:
+    """Commits are throttled (``ingestion_commit_interval_s``, here far longer than the test,
+    so only the first batch commits on its own): the offsets of later acked batches are
+    still committed once the loop goes idle or stops (SIGTERM)."""
+    now = time.time()
+    proc = stack.spawn("services.ingestion", RIVULET_INGESTION_COMMIT_INTERVAL_S=600)
+    for start in (0, 30):
+        produce_json(stack.broker.url, "events.raw", [(f"card-{i % 7}", _event(i, now)) for i in range(start, start + 30)])
+        read_topic(stack.broker.url, "events.valid", count=start + 30, timeout=30)
+        raw = read_topic(stack.broker.url, "events.raw", count=start + 30)
+        end = {p: max(r.offset for r in raw if r.partition == p) + 1 for p in {r.partition for r in raw}}
+        if start:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+        wait_for(lambda end=end: asyncio.run(_committed(stack.broker.url, set(end))) == end, timeout=20,
+                 interval=0.3, what="ingestion committed up to the end of events.raw")
+

@@ -1,0 +1,107 @@
+"""Applies batches of ``events.valid`` records to Redis, one at a time, never giving up.
+
+Owns the Redis client, the late-events producer and the :class:`FeatureStore` (with its
+window cache). A batch runs as its own task, shielded from the caller: a rebalance or a
+shutdown that cancels the drain loop lets the in-flight write finish (bounded by
+``shutdown_grace_s``) instead of tearing the Redis connection mid-script; either way Redis
+stays exact, since the write is one compare-and-set script and redelivery is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.features.handlers import (
+    BatchPlan,
+    LateRecord,
+    RawRecord,
+    late_dead_letter,
+)
+from services.features.settings import FeaturesSettings
+from services.features.state import Cache
+from services.features.store import FeatureStore
+from shared.kafka import Out, make_producer, publish
+from shared.topics import EVENTS_LATE
+
+log = logging.getLogger("services.features")
+
+
+class Applier:
+    """One batch at a time into Redis; ``forget`` drops the window cache between batches."""
+
+    def __init__(self, settings: FeaturesSettings) -> None:
+        self.settings = settings
+        spec = settings.use_case
+        self.cache = Cache(settings.state_cache_entities, spec.features_config.entity_ttl / 2)
+        self.redis = Redis.from_url(settings.redis_url)
+        self.store = FeatureStore(self.redis, spec, settings.group_id, self.cache)
+        self.producer: AIOKafkaProducer = make_producer(settings)
+        self.inflight: asyncio.Future[BatchPlan] | None = None
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def apply(self, records: Sequence[RawRecord]) -> BatchPlan:
+        """Returns once the batch is in Redis (its late events acked on events.late)."""
+        await self._settle()
+        self.inflight = asyncio.ensure_future(self._apply_until_done(records))
+        return await asyncio.shield(self.inflight)
+
+    async def forget(self) -> None:
+        """After an assignment: windows of other partitions may have changed in Redis."""
+        await self._settle()
+        self.cache.clear()
+
+    async def stop(self) -> None:
+        await self._settle()
+        await self.redis.aclose()
+        await self.producer.stop()
+
+    async def _settle(self) -> None:
+        """Wait for the in-flight batch (at most the grace period, then cancel it)."""
+        task, self.inflight = self.inflight, None
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.error("a batch of events.valid was not applied to Redis in time; it will be redelivered")
+            task.cancel()
+        except Exception as exc:  # noqa: BLE001 - it failed its own caller already
+            log.debug("the in-flight batch had failed: %r", exc)
+
+    async def _apply_until_done(self, records: Sequence[RawRecord]) -> BatchPlan:
+        """Never give up on a batch: its offsets are acked to faust once it is applied."""
+        while True:
+            try:
+                plan = await self.store.apply(records, late_sink=self._send_late)
+                _log_plan(plan, len(records))
+                return plan
+            except (RedisError, OSError, KafkaError) as exc:
+                log.error("batch of %d not applied (%s); retrying", len(records), exc)
+                await asyncio.sleep(self.settings.retry_backoff_s)
+
+    async def _send_late(self, late: Sequence[LateRecord]) -> None:
+        now, spec = time.time(), self.settings.use_case
+        await publish(self.producer, [
+            Out(EVENTS_LATE.name, r.record.value or b"", r.record.key, late_dead_letter(r, spec, now).to_headers())
+            for r in late
+        ])
+
+
+def _log_plan(plan: BatchPlan, size: int) -> None:
+    if plan.late:
+        log.warning("%d event(s) later than the allowed lateness sent to %s", plan.late, EVENTS_LATE.name)
+    if plan.invalid:
+        log.warning("%d invalid record(s) skipped", plan.invalid)
+    if plan.redelivered:
+        log.info("%d redelivered record(s) skipped (already applied)", plan.redelivered)
+    log.debug("batch of %d: %d entities updated", size, len(plan.buffers))
