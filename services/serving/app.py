@@ -66,8 +66,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Predictor = app.state.serving
     settings = svc.settings
     await ensure_topics(settings.kafka_bootstrap)
+    # No socket_timeout: every call is already bounded by the caller (the feature read by its
+    # latency budget, readiness by 1 s), and redis-py would wrap each send in asyncio.wait_for,
+    # a Task per request on Python 3.11.
     svc.attach(Redis.from_url(settings.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                              socket_connect_timeout=1.0, socket_timeout=1.0))
+                              socket_connect_timeout=1.0, socket_timeout=None))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(svc.plog.run(lambda: make_producer(settings), stop), name="prediction-log"),
              asyncio.create_task(ModelWatcher(settings, svc.registry).run(stop), name="model-watcher"),
