@@ -4,7 +4,9 @@ Per model version at most one incident is open. Its messages on ``drift.alerts``
 ``incident_id``:
 
 * ``opened``  - the first evaluation with findings (unless within ``cooldown`` seconds of
-  the previous incident's resolution: then the findings are only logged);
+  the previous incident's resolution AND every finding drifted in that incident: a flapping
+  test is only logged, but a new test or feature, e.g. real drift right after a resolved
+  data-quality blip, opens an incident at once);
 * ``updated`` - only when something material changes: a test that had not drifted in this
   incident drifts, the severity rises, or the probable cause becomes one not reported yet
   (so the number of updates per incident is bounded);
@@ -58,16 +60,19 @@ class Tracker:
     last_end: float = -math.inf
     suppressed: int = field(default=0)
     resume_after: float = -math.inf  # set on load: evaluations ending before this are replays
+    resolved_seen: list[str] = field(default_factory=list)  # keys of the last resolved incident
 
     def to_json(self) -> dict[str, Any]:
         return {"incident": asdict(self.incident) if self.incident else None,
-                "resolved_at": self.resolved_at, "last_end": self.last_end}
+                "resolved_at": self.resolved_at, "last_end": self.last_end,
+                "resolved_seen": self.resolved_seen}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tracker:
         inc = data.get("incident")
         last_end = float(data.get("last_end", -math.inf))
-        return cls(Incident(**inc) if inc else None, data.get("resolved_at"), last_end, resume_after=last_end)
+        return cls(Incident(**inc) if inc else None, data.get("resolved_at"), last_end, resume_after=last_end,
+                   resolved_seen=list(data.get("resolved_seen", [])))
 
 
 def finding_severity(f: Finding) -> str:
@@ -122,7 +127,7 @@ def observe(tr: Tracker, ev: Evaluation, spec: UseCaseSpec, now: float,
         return _clean(tr, ev, spec, now)
     inc = tr.incident
     if inc is None:
-        if tr.resolved_at is not None and now - tr.resolved_at < spec.drift.cooldown:
+        if _cooling_down(tr, ev.findings, spec, now):
             tr.suppressed += 1
             return []
         top = ranked(ev.findings)
@@ -161,8 +166,17 @@ def resolve(tr: Tracker, span: AlertWindow, now: float, why: str) -> list[DriftA
     inc = tr.incident
     if inc is None:
         return []
-    tr.incident, tr.resolved_at = None, now
+    tr.incident, tr.resolved_at, tr.resolved_seen = None, now, list(inc.seen)
     return [_alert(inc, "resolved", [], span, now, why)]
+
+
+def _cooling_down(tr: Tracker, findings: list[Finding], spec: UseCaseSpec, now: float) -> bool:
+    """Within ``cooldown`` of a resolution, findings that all drifted in the resolved incident
+    are flapping (suppressed); any other finding is news. A tracker persisted before keys were
+    kept (no ``resolved_seen``) suppresses everything, as it used to."""
+    if tr.resolved_at is None or now - tr.resolved_at >= spec.drift.cooldown:
+        return False
+    return not tr.resolved_seen or all(f.outcome.key in tr.resolved_seen for f in findings)
 
 
 def _change_point(inc: Incident, findings: list[Finding]) -> None:

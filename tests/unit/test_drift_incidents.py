@@ -71,6 +71,21 @@ def test_cool_down_after_resolution_then_a_new_incident() -> None:
     assert again.status == "opened" and again.incident_id != first.incident_id
 
 
+def test_cool_down_does_not_hide_a_different_drift() -> None:
+    """A resolved data-quality blip must not mute real drift that starts right after it."""
+    tr = Tracker()
+    quality = Outcome("data_quality", "amount_max_5m", "quality", 0.12, None, "35 missing", flagged=True)
+    step(tr, ev(1000, quality), now=0.0)
+    for i in range(10):
+        step(tr, ev(1100 + 100 * i), now=100.0)
+    assert tr.incident is None and tr.resolved_seen == [quality.key]
+    assert step(tr, ev(2200, quality), now=110.0) == []  # the same finding again: flapping, muted
+    [drift] = step(tr, ev(2300, quality, ks("amount")), now=120.0)  # a new one: opened at once
+    assert drift.status == "opened" and drift.feature == "amount"
+    assert tr.suppressed == 1
+    assert Tracker.from_json(tr.to_json()).resolved_seen == tr.resolved_seen
+
+
 def test_replayed_older_windows_are_ignored_and_state_round_trips() -> None:
     tr = Tracker()
     step(tr, ev(5000, ks("amount")))
