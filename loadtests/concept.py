@@ -15,7 +15,8 @@ Measured: accuracy before/after each change, recovery (events and labels until (
 within 2 points of its pre-change level, and stays there), drift incident -> new champion
 serving delay, and failed requests (all, and near every model swap). Recovery is counted
 from the change; for the gradual stream from the START of the transition (strict), and also
-from its end, next to the majority oracle's own recovery under both readings
+from its centre (River's ``position``, the change point it names) and from its end, next to
+the majority oracle's own recovery under each reading
 (``recovery_gradual``, see ``concept_report.gradual_recovery``). Writes loadtests/reports/concept-<UTC>.json
 and a PNG next to it.
 

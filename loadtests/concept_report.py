@@ -123,22 +123,28 @@ def gradual_recovery(case: Case, data: Sequence[tuple[dict[str, float], bool]], 
     on average) is back within tolerance only ~1,100 events after the centre: the strict count
     mostly measures the stream's own transition. So this adds, per series, recovery counted
     from the END of the transition (where "after" accuracy starts), and the oracle's own
-    recovery under both readings, for scale."""
+    recovery under each reading, for scale. It also counts from the CENTRE of the transition
+    (``from_transition_centre_*``): River's ``ConceptDriftStream(position=...)`` names that
+    index as the change position, where the new concept's share reaches one half -- the
+    reading closest to the change point a user would name. Same method (back within
+    tolerance and staying there) for every reading; labels = events - the label delay."""
     if end <= start:
         return None
-    from_end = {k: cm.recovery(c, end, acc[k]["before"], args.window, args.tolerance) for k, c in correct.items()}
-    out: dict[str, Any] = {
-        "from_transition_end_events": from_end,
-        "from_transition_end_labels": {k: None if r is None else max(0, r - args.label_delay)
-                                       for k, r in from_end.items()}}
+    centre = (start + end) // 2
+    out: dict[str, Any] = {}
+    for name, at in (("end", end), ("centre", centre)):
+        rec = {k: cm.recovery(c, at, acc[k]["before"], args.window, args.tolerance) for k, c in correct.items()}
+        out[f"from_transition_{name}_events"] = rec
+        out[f"from_transition_{name}_labels"] = {k: None if r is None else max(0, r - args.label_delay)
+                                                 for k, r in rec.items()}
     if case.concepts is not None:
-        centre = (start + end) // 2
         oracle = [case.concepts(x, i >= centre) == y for i, (x, y) in enumerate(data)]
         level = cm.accuracy(oracle, start - PRE, start)
         out["majority_oracle"] = {
             "before": level, "after": cm.accuracy(oracle, end),
             "recovery_events_from_start": cm.recovery(oracle, start, level, args.window, args.tolerance),
-            "recovery_events_from_end": cm.recovery(oracle, end, level, args.window, args.tolerance)}
+            "recovery_events_from_end": cm.recovery(oracle, end, level, args.window, args.tolerance),
+            "recovery_events_from_centre": cm.recovery(oracle, centre, level, args.window, args.tolerance)}
     return out
 
 
@@ -163,6 +169,10 @@ def targets(st: dict[str, Any], static_version: int | None) -> dict[str, Any]:
         "recovery_labels_from_transition_end_le_2000": None if gradual is None else (
             gradual["from_transition_end_labels"]["rivulet"] is not None
             and gradual["from_transition_end_labels"]["rivulet"] <= 2000),
+        # ... and from its centre (River's change ``position``)
+        "recovery_labels_from_transition_centre_le_2000": None if gradual is None else (
+            gradual["from_transition_centre_labels"]["rivulet"] is not None
+            and gradual["from_transition_centre_labels"]["rivulet"] <= 2000),
         "incident_to_serving_le_30s": delay is not None and delay <= 30.0,
         "zero_failed_during_swaps": all(s["failed_nearby"] == 0 for s in st["swaps"]),
         "zero_failed_overall": st["failed_requests"] == 0,
@@ -187,8 +197,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         grad = st.get("recovery_gradual")
         if grad:
             oracle = grad.get("majority_oracle") or {}
-            lines.append(f"  gradual: recovery counted from the transition's end (labels) {grad['from_transition_end_labels']}; "
+            lines.append(f"  gradual: recovery counted from the transition's centre (labels) "
+                         f"{grad['from_transition_centre_labels']}, from its end {grad['from_transition_end_labels']}; "
                          f"majority oracle's recovery (events) from the start {oracle.get('recovery_events_from_start')}, "
+                         f"from the centre {oracle.get('recovery_events_from_centre')}, "
                          f"from the end {oracle.get('recovery_events_from_end')}")
         lines.append(f"  incident -> new champion serving: {st['incident_to_serving_s']} s; first new-model answer "
                      f"{st['first_new_model_event_after_change']} events after the change; false alarms before: "

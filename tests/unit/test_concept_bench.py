@@ -11,7 +11,7 @@ import pytest
 from loadtests import concept_metrics as cm
 from loadtests.concept import parse
 from loadtests.concept_plot import plot
-from loadtests.concept_report import analyse, gradual_recovery, summary_lines
+from loadtests.concept_report import analyse, gradual_recovery, summary_lines, targets
 from loadtests.concept_streams import CASES, rows, sea_label
 from shared import modeling
 from shared.spec import load_spec
@@ -194,7 +194,49 @@ def test_gradual_recovery_counts_from_the_end_too_and_reports_the_oracle() -> No
     assert gradual_recovery(abrupt, data, {"rivulet": oracle}, acc, 3000, 3000, args) is None
 
 
+def test_gradual_recovery_from_the_centre_sits_between_start_and_end_readings() -> None:
+    case = CASES["sea_gradual"]
+    data = rows(case, 3000, 3000, seed=3)
+    start, end = case.transition(3000)
+    centre = (start + end) // 2
+    assert centre == 3000  # River's ConceptDriftStream ``position``
+    args = argparse.Namespace(window=500, tolerance=0.02, label_delay=200)
+    assert case.concepts is not None
+    oracle = [case.concepts(x, i >= centre) == y for i, (x, y) in enumerate(data)]
+    acc = {"rivulet": cm.phases(oracle, start, end, 1000, 2000)}
+    out = gradual_recovery(case, data, {"rivulet": oracle}, acc, start, end, args)
+    assert out is not None
+    ref = out["majority_oracle"]
+    # same method, counted from a point half a transition later than the start
+    assert ref["recovery_events_from_centre"] == ref["recovery_events_from_start"] - (centre - start)
+    assert out["from_transition_centre_events"]["rivulet"] == ref["recovery_events_from_centre"]
+    assert out["from_transition_centre_labels"]["rivulet"] == max(0, ref["recovery_events_from_centre"] - 200)
+    # a series that never recovers has no reading from the centre either
+    never = [i < start for i in range(len(data))]
+    miss = gradual_recovery(case, data, {"rivulet": never}, {"rivulet": cm.phases(never, start, end, 1000, 2000)},
+                            start, end, args)
+    assert miss is not None and miss["from_transition_centre_labels"]["rivulet"] is None
+
+
 def test_quick_flag_shortens_the_run() -> None:
     args = parse(["--quick", "--streams", "sea_abrupt"])
     assert (args.before, args.after) == (3000, 3000)
     assert parse([]).before == 6000
+
+
+def _section(centre_labels: int | None, end_labels: int | None) -> dict:
+    acc = {"before": 0.99, "after": 0.98, "transition": 0.93, "after_last": 0.99}
+    return {"accuracy": {"static": dict(acc, after=0.88), "online_arf": acc, "rivulet": acc},
+            "recovery_labels": {"rivulet": 3400}, "incident_to_serving_s": None, "swaps": [], "failed_requests": 0,
+            "recovery_gradual": {"from_transition_end_labels": {"rivulet": end_labels},
+                                 "from_transition_centre_labels": {"rivulet": centre_labels}}}
+
+
+def test_targets_read_the_gradual_recovery_from_the_centre() -> None:
+    ok = targets(_section(1999, 999), 3)
+    assert ok["recovery_labels_from_transition_centre_le_2000"] is True
+    assert ok["recovery_labels_le_2000"] is False  # the strict (start) reading is kept as is
+    assert targets(_section(2438, 1438), 3)["recovery_labels_from_transition_centre_le_2000"] is False
+    assert targets(_section(None, None), 3)["recovery_labels_from_transition_centre_le_2000"] is False
+    abrupt = dict(_section(None, None), recovery_gradual=None)
+    assert targets(abrupt, 3)["recovery_labels_from_transition_centre_le_2000"] is None
