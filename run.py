@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -50,7 +51,17 @@ def main(argv: list[str]) -> int:
     else:
         cmd = [str(BIN / "rivulet"), command, *rest]
     os.chdir(ROOT)
-    return subprocess.call(cmd)
+    return _run(cmd)
+
+
+def _run(cmd: list[str]) -> int:
+    """Run ``cmd`` and let IT handle Ctrl-C: the terminal sends SIGINT to the child too, and
+    the demo stops its services and prints its summary. This wrapper only waits (a SIGTERM
+    is passed on); it must not kill the child on KeyboardInterrupt, which would orphan them."""
+    signal.signal(signal.SIGINT, lambda *_: None)  # a Python handler: reset to default in the child
+    child = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    return child.wait()
 
 
 if __name__ == "__main__":
