@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from pydantic import ValidationError
 
 from services.retrain import decisions as rd
-from services.retrain import guards, policy, registry, trainer
+from services.retrain import guards, policy, registry, rows, trainer
 from services.retrain import handlers as h
 from services.retrain.settings import RetrainSettings, code_version
 from shared import codec
@@ -69,7 +69,7 @@ class Retrain:
         self.settings = settings
         self.spec = settings.use_case
         self.state = h.ControllerState()
-        self.buffer = h.LabeledBuffer(settings.retrain_buffer_factor * self.spec.retrain.window)
+        self.buffer = rows.LabeledBuffer(settings.retrain_buffer_factor * self.spec.retrain.window)
         self.caught_up = False
         self.backlog: list[DriftAlert | RetrainRequest] = []
         self.metrics: MetricsRecord | None = None  # the newest measured overall record not yet judged
@@ -95,7 +95,7 @@ class Retrain:
         if isinstance(obj, ModelEvent):
             self.on_model_event(obj)
         elif isinstance(obj, LabeledPrediction):
-            row = h.to_row(obj, record.partition, record.offset)
+            row = rows.to_row(obj, record.partition, record.offset)
             if row is not None:
                 self.buffer.add(row)
         elif isinstance(obj, RetrainDecision):
@@ -159,7 +159,7 @@ class Retrain:
                 for d in batch]
         try:
             await publish(self.producer, outs)
-        except Exception:  # noqa: BLE001 - decisions are retried, the controller goes on
+        except Exception:
             log.exception("publishing %d decisions failed; will retry", len(batch))
             self.outbox = batch + self.outbox
 
@@ -223,7 +223,7 @@ class Retrain:
             if task is not None:
                 task.uncancel()
             log.info("training for %s preempted", trigger.label)  # see preempt_refresh
-        except Exception:  # noqa: BLE001 - a bug here must not wedge the controller
+        except Exception:
             log.exception("retrain for %s failed before publishing", trigger.label)
         finally:
             self.state.in_flight = None
@@ -271,7 +271,7 @@ class Retrain:
                                                 on_progress=lambda e, n: self.progress(trigger, e, n), proc=worker)
             self.emit(rd.step("finished", trigger, time.time(), policy=plan.mode, progress=1.0,
                               message=f"artifact sha256 {result['sha256']}", metrics=result["metrics"]))
-        except Exception as exc:  # noqa: BLE001 - a failed training still answers its trigger
+        except Exception as exc:
             log.error("training for %s failed: %s", trigger.label, exc, exc_info=not isinstance(
                 exc, trainer.TrainingFailed))
             result = f"training failed: {str(exc)[:300]}"
@@ -320,7 +320,7 @@ class Retrain:
                 assert self.producer is not None
                 await publish(self.producer, outs)
                 break
-            except Exception:  # noqa: BLE001 - keep the finished training; retry the publish
+            except Exception:
                 log.exception("publishing v%d failed; retrying", events[0].version)
                 await asyncio.sleep(self.settings.retrain_publish_retry_s)
         for ev in events:

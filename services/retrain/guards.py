@@ -16,11 +16,11 @@ from services.retrain.handlers import (
     LOWER_IS_BETTER,
     ControllerState,
     Decision,
-    LabeledBuffer,
     Mode,
     Trigger,
     raise_trigger,
 )
+from services.retrain.rows import LabeledBuffer
 from shared.contracts import MetricsRecord
 from shared.spec import RetrainSpec, TriggerPolicy, UseCaseSpec
 

@@ -18,15 +18,13 @@ from services.retrain.guards import effective_mode
 from services.retrain.handlers import (
     LOWER_IS_BETTER,
     ControllerState,
-    Row,
     Trigger,
     gate,
-    split_window,
 )
+from services.retrain.rows import Row, split_window
 from shared.contracts import ModelEvent, TrainingWindow
 from shared.spec import UseCaseSpec
 from shared.topics import PREDICTIONS_LABELED
-
 
 # Periodic refreshes: "is the candidate better on today's traffic?" -- their replay starts at
 # the candidate's window, so a slow (gradual) change does not let older traffic, which the

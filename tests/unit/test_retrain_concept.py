@@ -10,6 +10,7 @@ from pathlib import Path
 
 from services.retrain import guards, policy, trainer
 from services.retrain import handlers as h
+from services.retrain.rows import Row
 from shared.contracts import AlertWindow, DriftAlert, ModelEvent, TrainingWindow
 from shared.spec import TriggerPolicy, default_spec_path
 from tests.unit.test_retrain_policy import buffer, spec_with
@@ -150,7 +151,7 @@ def test_concept_spec_learners_are_reproducible_and_report_progress_sparingly() 
     for name in ("sea_abrupt", "agrawal_abrupt"):
         path = CASES[name].spec
         spec = load_spec(path)
-        data = [h.Row(f"p{i}", float(i), x, y) for i, (x, y) in enumerate(stream_rows(CASES[name], 150, 0, 5))]
+        data = [Row(f"p{i}", float(i), x, y) for i, (x, y) in enumerate(stream_rows(CASES[name], 150, 0, 5))]
         job = trainer.make_job(data[:120], data[120:], None, SECRET, 0.5)
         steps: list[tuple[int, int]] = []
 

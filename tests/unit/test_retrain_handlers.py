@@ -6,7 +6,14 @@ import pytest
 
 from services.retrain import guards
 from services.retrain import handlers as h
-from shared.contracts import AlertWindow, DriftAlert, LabeledPrediction, ModelEvent, RetrainRequest
+from services.retrain.rows import LabeledBuffer, Row, split_window, to_row
+from shared.contracts import (
+    AlertWindow,
+    DriftAlert,
+    LabeledPrediction,
+    ModelEvent,
+    RetrainRequest,
+)
 from shared.spec import RetrainSpec, load_spec
 
 SPEC = load_spec()
@@ -22,10 +29,10 @@ def request(request_id: str = "r1", since: float | None = None) -> RetrainReques
     return RetrainRequest(request_id=request_id, requested_at=1.0, since=since)
 
 
-def buffer_with(times: list[float], capacity: int = 10_000) -> h.LabeledBuffer:
-    buf = h.LabeledBuffer(capacity)
+def buffer_with(times: list[float], capacity: int = 10_000) -> LabeledBuffer:
+    buf = LabeledBuffer(capacity)
     for i, t in enumerate(times):
-        buf.add(h.Row(f"p{i}", t, {"amount": float(i)}, i % 2 == 0))
+        buf.add(Row(f"p{i}", t, {"amount": float(i)}, i % 2 == 0))
     return buf
 
 
@@ -36,22 +43,22 @@ def promoted(version: int, trigger: str = "") -> ModelEvent:
 
 # -- buffer -------------------------------------------------------------------------------
 def test_buffer_keeps_latest_revision_and_is_bounded() -> None:
-    buf = h.LabeledBuffer(3)
-    assert buf.add(h.Row("a", 1.0, {}, False, revision=2))
-    assert not buf.add(h.Row("a", 1.0, {}, True, revision=1))  # older revision ignored
-    assert buf.add(h.Row("a", 1.0, {}, True, revision=3))
+    buf = LabeledBuffer(3)
+    assert buf.add(Row("a", 1.0, {}, False, revision=2))
+    assert not buf.add(Row("a", 1.0, {}, True, revision=1))  # older revision ignored
+    assert buf.add(Row("a", 1.0, {}, True, revision=3))
     assert [r.actual for r in buf.eligible(None)] == [True]
     for i, t in enumerate([2.0, 3.0, 4.0]):
-        buf.add(h.Row(f"b{i}", t, {}, False))
+        buf.add(Row(f"b{i}", t, {}, False))
     assert len(buf) == 3 and [r.prediction_id for r in buf.eligible(None)] == ["b0", "b1", "b2"]
 
 
 def test_to_row_skips_shadow_and_maps_float_labels() -> None:
     base = dict(prediction_id="p", entity_id="e", model_version=0, features={"amount": 1.0}, score=0.1,
                 label=False, threshold=0.5, served_at=5.0, label_event_time=6.0, labeled_at=7.0)
-    assert h.to_row(LabeledPrediction(**base, actual=0.9)).actual is True
-    assert h.to_row(LabeledPrediction(**base, actual=False)).actual is False
-    assert h.to_row(LabeledPrediction(**base, actual=True, role="shadow")) is None
+    assert to_row(LabeledPrediction(**base, actual=0.9)).actual is True
+    assert to_row(LabeledPrediction(**base, actual=False)).actual is False
+    assert to_row(LabeledPrediction(**base, actual=True, role="shadow")) is None
 
 
 def test_eligible_filters_by_since_and_sorts() -> None:
@@ -85,9 +92,9 @@ def test_rejected_bootstrap_waits_for_fresh_rows() -> None:
                                           trigger="bootstrap", trained_on={"start": 0, "end": 50, "count": 9}))
     assert state.max_version == 1 and state.champion == 0
     h.on_bootstrap(state, SPEC)
-    ready, why = guards.readiness(state, buffer_with([float(t) for t in range(0, 60)]), 20)
+    ready, why = guards.readiness(state, buffer_with([float(t) for t in range(60)]), 20)
     assert not ready and "9/20 new" in why
-    assert guards.readiness(state, buffer_with([float(t) for t in range(0, 80)]), 20)[0]
+    assert guards.readiness(state, buffer_with([float(t) for t in range(80)]), 20)[0]
 
 
 def test_alert_kinds_and_staleness() -> None:
@@ -146,7 +153,7 @@ def test_champion_change_drops_stale_pending_ids_but_keeps_requests() -> None:
 ])
 def test_split_window(n: int, window: int, frac: float, n_train: int, n_hold: int) -> None:
     rows = buffer_with([float(t) for t in range(n)]).eligible(None)
-    train, hold = h.split_window(rows, window, frac)
+    train, hold = split_window(rows, window, frac)
     assert (len(train), len(hold)) == (n_train, n_hold)
     assert max(r.served_at for r in train) < min(r.served_at for r in hold)  # holdout is the newest
     assert hold[-1].served_at == n - 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.retrain import guards, policy, trainer
 from services.retrain import handlers as h
+from services.retrain.rows import LabeledBuffer, Row, split_window
 from shared import codec, modeling
 from shared.contracts import AlertWindow, DriftAlert, MetricsRecord, ModelEvent
 from shared.spec import DriftRule, RetrainSpec, default_spec_path, load_spec
@@ -36,10 +37,10 @@ def champion_state(end: float = 99.0, version: int = 1) -> h.ControllerState:
     return state
 
 
-def buffer(n: int, start: float = 0.0) -> h.LabeledBuffer:
-    buf = h.LabeledBuffer(100_000)
+def buffer(n: int, start: float = 0.0) -> LabeledBuffer:
+    buf = LabeledBuffer(100_000)
     for r in rows(n):
-        buf.add(h.Row(r.prediction_id, start + r.served_at, r.features, r.actual, labeled_at=start + r.served_at + 5,
+        buf.add(Row(r.prediction_id, start + r.served_at, r.features, r.actual, labeled_at=start + r.served_at + 5,
                       partition=int(r.served_at) % 2, offset=int(r.served_at) // 2))
     return buf
 
@@ -212,12 +213,12 @@ def test_train_epochs_is_byte_identical_to_train() -> None:
 
 
 def stateful_job(parent_sig: str | None = None) -> tuple[dict, dict]:
-    train, hold = h.split_window(rows(240), 10_000, 0.25)
+    train, hold = split_window(rows(240), 10_000, 0.25)
     first = trainer.run_job(trainer.make_job(train, hold, None, SECRET, 0.5), SPEC)
     parent = ModelEvent(event="promoted", version=1, created_at=1.0, artifact_b64=first["artifact_b64"],
                         signature=parent_sig or first["signature"])
     new = rows(200, seed=11)
-    train2, hold2 = h.split_window(new, 10_000, 0.25)
+    train2, hold2 = split_window(new, 10_000, 0.25)
     return first, trainer.make_job(train2, hold2, parent, SECRET, 0.5, replay=hold2, parent=parent,
                                    slices=("channel",))
 

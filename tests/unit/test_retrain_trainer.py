@@ -14,6 +14,7 @@ import pytest
 
 from services.retrain import handlers as h
 from services.retrain import registry, trainer
+from services.retrain.rows import Row, split_window
 from shared import codec, modeling
 from shared.contracts import ModelEvent
 from shared.spec import default_spec_path, load_spec
@@ -23,7 +24,7 @@ SECRET = "unit-secret"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rows(n: int, seed: int = 7) -> list[h.Row]:
+def rows(n: int, seed: int = 7) -> list[Row]:
     """Fraud iff amount > 500: learnable, and something the baseline only half knows."""
     rng = random.Random(seed)
     out = []
@@ -32,12 +33,12 @@ def rows(n: int, seed: int = 7) -> list[h.Row]:
         feats: dict = {name: rng.uniform(0, 5) for name in SPEC.model.numeric}
         feats.update(amount=amount, merchant_category=rng.choice(["fuel", "travel"]),
                      country=rng.choice(["US", "FR"]), channel=rng.choice(["pos", "online", "atm"]))
-        out.append(h.Row(f"p{i}", float(i), feats, amount > 500))
+        out.append(Row(f"p{i}", float(i), feats, amount > 500))
     return out
 
 
 def job(n: int = 240) -> dict:
-    train, hold = h.split_window(rows(n), 10_000, 0.25)
+    train, hold = split_window(rows(n), 10_000, 0.25)
     return trainer.make_job(train, hold, None, SECRET, 0.5)
 
 
@@ -63,7 +64,7 @@ def test_champion_artifact_is_verified_before_use() -> None:
     first = trainer.run_job(job(), SPEC)
     champ = ModelEvent(event="promoted", version=1, created_at=1.0, artifact_b64=first["artifact_b64"],
                        signature=first["signature"])
-    train, hold = h.split_window(rows(240), 10_000, 0.25)
+    train, hold = split_window(rows(240), 10_000, 0.25)
     ok = trainer.run_job(trainer.make_job(train, hold, champ, SECRET, 0.5), SPEC)
     assert ok["champion_source"] == "v1"
     # same model, same holdout (up to float summation order: River's Select keeps a set)
