@@ -139,8 +139,10 @@ def test_new_labels_trigger_stateful_update_of_the_champion(stack: Stack) -> Non
 
 
 def test_performance_floor_schedule_gate_rejection_and_budget(stack: Stack) -> None:
+    # replay_min_rows 20: whichever trigger trains first (the 3 s schedule may, with only the
+    # first >= 100 labels read), its holdout (>= 25 rows) is enough to gate on the replay too
     spec = write_spec(stack.tmp, min_labels=100, window=400, margin=5.0, budget_per_hour=1, schedule='"3s"',
-                      performance_floor=0.3, performance_min_labels=100)
+                      performance_floor=0.3, performance_min_labels=100, replay_min_rows=20)
     base = time.time() - 100_000
     # a champion v1 trained elsewhere, announced on models like any promotion
     rows = [(r[1]["features"], r[1]["actual"]) for r in labeled(100, base, lambda f: f["amount"] > 500, 1, "z")]
