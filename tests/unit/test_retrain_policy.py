@@ -7,6 +7,8 @@ import asyncio
 import base64
 from pathlib import Path
 
+import pytest
+
 from services.retrain import guards, policy, trainer
 from services.retrain import handlers as h
 from services.retrain.rows import LabeledBuffer, Row, split_window
@@ -244,12 +246,8 @@ def test_stateful_update_continues_the_parent_and_is_reproducible_across_process
 
 def test_stateful_update_refuses_a_forged_parent() -> None:
     _, job = stateful_job(parent_sig="0" * 64)
-    try:
+    with pytest.raises(trainer.TrainingFailed, match="signature"):  # never continue an unverified artifact
         asyncio.run(trainer.run_in_child(job, default_spec_path(), 0, 60))
-    except trainer.TrainingFailed as exc:
-        assert "signature" in str(exc)
-    else:
-        raise AssertionError("a stateful update must not continue an unverified artifact")
 
 
 def test_model_events_carry_lineage_and_rollout_strategy() -> None:

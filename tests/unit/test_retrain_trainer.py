@@ -96,12 +96,8 @@ def test_same_rows_same_artifact_across_processes() -> None:
 
 def test_child_failure_is_reported() -> None:
     bad = {"train": "not rows"}
-    try:
+    with pytest.raises(trainer.TrainingFailed, match="exited"):  # a crashing child is reported
         asyncio.run(trainer.run_in_child(bad, default_spec_path(), 0, 60))
-    except trainer.TrainingFailed as exc:
-        assert "exited" in str(exc)
-    else:
-        raise AssertionError("a crashing child must raise TrainingFailed")
 
 
 # -- registry -----------------------------------------------------------------------------
