@@ -9,7 +9,8 @@ Starts an embedded broker + Redis and measures, in order:
     every ``events.valid`` offset applied in Redis (the applied-offsets hash);
 (c) freshness at 50% of (b)'s rate: produce time -> ``_written_at`` of the entity's Redis
     hash, p50/p99, over sampled events whose entity has no other event (so the hash was
-    written for that event);
+    written for that event); and, at the same rate and duration, the broker's floor: the same
+    paced records through a raw aiokafka two-hop relay (``loadtests/broker_floor.py``);
 (d) the features process' peak RSS (VmHWM, /proc) and its RSS sampled once a second;
     with ``--rss-minutes M``, a further M minutes of paced load at the (c) rate over
     ``--rss-entities`` distinct entities (default 1M: most are new, so the window cache
@@ -39,12 +40,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis as redis_sync
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from loadtests.broker_floor import RELAY_IN, RELAY_OUT, floor_latency, paced, relay_worker
 from shared import codec, redis_keys
 from shared.embedded import start_broker, start_redis
 from shared.kafka import ensure_topics
@@ -233,43 +236,37 @@ class Bench:
                 "cpu_us_per_event": {n: (cpu_s(pid) - cpu0[n]) / len(records) * 1e6 for n, pid in pids.items()},
                 "features_rss_kb_after": rss_kb(pids["features"])}
 
+    def record(self, entities: int, tag: str) -> Callable[[int], tuple[bytes, bytes, bool]]:
+        """Every 20th event is the only event of a fresh entity (sampled); the rest hit ``entities``."""
+        def make(i: int) -> tuple[bytes, bytes, bool]:
+            entity = f"{tag}-{i}" if i % 20 == 0 else f"card-{self.rng.randrange(entities)}"
+            self.counter += 1
+            return entity.encode(), make_event(self.counter, entity, time.time(), self.rng), i % 20 == 0
+        return make
+
+    def floor(self, rate: float, duration: float, entities: int) -> dict[str, Any]:
+        """The same paced load through a raw two-hop relay: the broker's latency floor."""
+        worker = self.spawn("-m", "loadtests.features", "--relay-worker", self.bootstrap)
+        try:
+            asyncio.run(ensure_topics(self.bootstrap, (RELAY_IN, RELAY_OUT)))
+            asyncio.run(floor_latency(self.bootstrap, 100, 2, self.record(entities, "warm")))  # group joined
+            broker0, t0 = cpu_s(self.broker.proc.pid), time.time()
+            out = asyncio.run(floor_latency(self.bootstrap, rate, duration, self.record(entities, "floor")))
+            out["broker_cores"] = round((cpu_s(self.broker.proc.pid) - broker0) / (time.time() - t0), 3)
+            return out
+        finally:
+            worker.terminate()
+            worker.wait(10)
+
     def freshness(self, rate: float, duration: float, entities: int, tag: str = "fresh") -> dict[str, Any]:
         """Paced produce at ``rate``; every 20th event is the only event of a fresh entity.
         ``backlog_at_end``: events not yet applied when the producer stopped (a pipeline
         with slack has ~0: the latencies are then not queueing behind a backlog)."""
-        sampled: dict[str, float] = {}
-
-        async def run() -> None:
-            # linger 2 ms: with 0 every record is its own batch, and Tansu (in memory) slows
-            # down as the number of batches grows: a 10-minute run then measured the broker.
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
-            await producer.start()
-            try:
-                start, i, futures = time.time(), 0, []
-                while time.time() - start < duration:
-                    due = start + i / rate
-                    if due > time.time():
-                        await asyncio.sleep(due - time.time())
-                    if i % 20 == 0:
-                        entity = f"{tag}-{i}"
-                        sampled[entity] = time.time()
-                    else:
-                        entity = f"card-{self.rng.randrange(entities)}"
-                    futures.append(await producer.send("events.raw", make_event(self.counter, entity, time.time(),
-                                                                                 self.rng), key=entity.encode()))
-                    self.counter += 1
-                    i += 1
-                    if len(futures) >= 5000:
-                        await asyncio.gather(*futures)
-                        futures = []
-                await asyncio.gather(*futures)
-                self.total += i
-            finally:
-                await producer.stop()
-
         pids = {**self.pids, "bench_producer": os.getpid()}
         cpu0, t0 = {n: cpu_s(pid) for n, pid in pids.items()}, time.time()
-        asyncio.run(run())
+        sent, n = asyncio.run(paced(self.bootstrap, "events.raw", rate, duration, self.record(entities, tag)))
+        sampled = {k.decode(): t for k, t in sent.items()}
+        self.total += n
         backlog = self.total - self._applied_count()
         ended = time.time()
         cores = {n: round((cpu_s(pid) - cpu0[n]) / (ended - t0), 3) for n, pid in pids.items()}
@@ -330,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "broker": bench.broker.proc.pid, "redis": bench.redis.proc.pid}
         system = bench.system(bench.pids)
         rate = system["steady_events_per_s"] * args.load
+        floor = bench.floor(rate, args.duration, args.entities)
         fresh = bench.freshness(rate, args.duration, args.entities)
         stop.set()
         rss_rate = system["steady_events_per_s"] * (args.rss_load or args.load)
@@ -343,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "features", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "note": "shared machine, noisy"},
-        "params": vars(args), "a_baseline": baseline, "b_system": system, "c_freshness": fresh,
+        "params": vars(args), "a_baseline": baseline, "b_system": system, "c_freshness": fresh, "c_broker_floor": floor,
         "d_features_rss": {"peak_kb": peak, "samples_s_kb": rss, "long_run": long_run},
         "targets": {"b_over_a": ratio, "b_steady_over_a": steady, "b_over_a_target": 0.5,
                     "b_over_a_met": ratio >= 0.5,
@@ -351,6 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     / baseline["cpu_us_per_event"],
                     "freshness_p99_ms": fresh["p99_ms"], "freshness_p99_target_ms": 50,
                     "freshness_met": fresh["p99_ms"] <= 50,
+                    "broker_floor_p99_ms": floor["p99_ms"], "broker_floor_within_target": floor["p99_ms"] <= 50,
                     "rss_flat": None if long_run is None else long_run["flat"]},
     }
 
@@ -365,9 +364,13 @@ def main() -> None:
     parser.add_argument("--rss-load", type=float, default=0.0, help="RSS run rate as a fraction of (b) (default: --load)")
     parser.add_argument("--load", type=float, default=0.5, help="(c) rate as a fraction of (b)")
     parser.add_argument("--baseline-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
+    parser.add_argument("--relay-worker", metavar="BOOTSTRAP", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
     if args.baseline_worker:
         asyncio.run(baseline_worker(args.baseline_worker))
+        return
+    if args.relay_worker:
+        asyncio.run(relay_worker(args.relay_worker))
         return
     report = run(args)
     out = ROOT / "loadtests" / "reports" / f"features-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
@@ -384,6 +387,9 @@ def main() -> None:
     print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
           f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples,"
           f" backlog at end {c['backlog_at_end']})")
+    f = report["c_broker_floor"]
+    print(f"    broker floor, raw two-hop relay at the same rate: p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms"
+          f" (broker {f['broker_cores']:.2f} cores)")
     print("    CPU cores while producing: " + ", ".join(f"{n} {v:.2f}" for n, v in c["cpu_cores_while_producing"].items()))
     print(f"(d) features peak RSS          : {report['d_features_rss']['peak_kb'] / 1024:.1f} MB")
     if (long := report["d_features_rss"]["long_run"]) is not None:

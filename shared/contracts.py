@@ -268,12 +268,14 @@ class TrainingWindow(BaseModel):
     count: int
     # Lineage (retrain): where the rows came from. ``offsets``: partition -> [first, last]
     # offset of ``topic`` among the rows; ``basis`` recent | change_point | since (a request's
-    # start) | stateful (new since the parent's window); ``fallback``: why the window differs.
+    # start) | stateful (new since the parent's window); ``fallback``: why the window differs;
+    # ``recency_half_life``: rows were weighted 2^(-age/half-life) (retrain.recency_half_life).
     topic: str | None = None
     offsets: dict[str, tuple[int, int]] | None = None
     basis: str | None = None
     since: float | None = None
     fallback: str | None = None
+    recency_half_life: int | None = None
 
 
 class ModelEvent(Contract):

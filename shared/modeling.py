@@ -126,21 +126,22 @@ def _learner(spec: UseCaseSpec) -> Any:
     return linear_model.LogisticRegression(optimizer=optim.SGD(ls.learning_rate), l2=ls.l2)
 
 
-def train(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool]], model: Any = None) -> Any:
+def train(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool]], model: Any = None,
+          weights: Sequence[float] | None = None) -> Any:
     """Train on (raw features, label) rows; ``epochs`` shuffled passes with the spec's seed.
 
     ``model`` given: continue training it (stateful update); otherwise start fresh.
-    Deterministic: same rows + spec + seed -> identical model.
+    ``weights``: one sample weight per row (see :func:`recency_weights`).
+    Deterministic: same rows + weights + spec + seed -> identical model.
     """
-    model = model if model is not None else build_learner(spec)
-    prepared = [(prepare(x, spec), bool(y)) for x, y in rows]
-    rng = random.Random(spec.model.learner.seed)
-    for _ in range(epochs_for(spec, len(prepared))):
-        order = list(range(len(prepared)))
-        rng.shuffle(order)
-        for i in order:
-            model.learn_one(*prepared[i])
-    return model
+    for _, _, model in train_epochs(spec, rows, model, weights):
+        pass
+    return model if model is not None else build_learner(spec)
+
+
+def recency_weights(rows: int, half_life: int) -> list[float]:
+    """2^(-age / half_life) per row, oldest first (the newest row weighs 1)."""
+    return [0.5 ** ((rows - 1 - i) / half_life) for i in range(rows)]
 
 
 def epochs_for(spec: UseCaseSpec, rows: int) -> int:
@@ -345,19 +346,24 @@ def _category(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- retraining
 def train_epochs(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool]],
-                 model: Any = None) -> Iterator[tuple[int, int, Any]]:
+                 model: Any = None, weights: Sequence[float] | None = None) -> Iterator[tuple[int, int, Any]]:
     """:func:`train`, one epoch at a time: yields ``(epoch, epochs, model)`` after each pass
     so a worker can report progress. The same passes in the same order, so the final model
-    is byte-identical to ``train(spec, rows, model)``."""
+    is byte-identical to ``train(spec, rows, model, weights)``."""
     model = model if model is not None else build_learner(spec)
     prepared = [(prepare(x, spec), bool(y)) for x, y in rows]
+    if weights is not None and len(weights) != len(prepared):
+        raise ValueError(f"{len(weights)} weights for {len(prepared)} rows")
     rng = random.Random(spec.model.learner.seed)
     epochs = epochs_for(spec, len(prepared))
     for epoch in range(1, epochs + 1):
         order = list(range(len(prepared)))
         rng.shuffle(order)
         for i in order:
-            model.learn_one(*prepared[i])
+            if weights is None:
+                model.learn_one(*prepared[i])
+            else:
+                model.learn_one(*prepared[i], w=weights[i])
         yield epoch, epochs, model
 
 

@@ -208,6 +208,11 @@ class RetrainSpec(_Frozen):
     holdout_fraction: float = 0.25
     margin: float = 0.0
     bootstrap: bool = True
+    # a window with no known change point (basis "recent") weighs a row 2^(-age / half-life),
+    # age in rows from the newest: a gradual change is followed sooner, as an online learner
+    # forgets; change-point windows are all one concept and stay unweighted (None: off).
+    # Learners that take a sample weight use it (logistic regression, Hoeffding trees).
+    recency_half_life: int | None = Field(default=None, ge=1)
     # -- triggers (services/retrain; every decision is a record on retrain.decisions) --------
     drift_rules: tuple[DriftRule, ...] = Field(default_factory=_default_drift_rules)
     # measured (not estimated) champion performance on primary_metric worse than this floor

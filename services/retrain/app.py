@@ -254,10 +254,12 @@ class Retrain:
         self.emit(rd.step("train", trigger, time.time(), code=plan.basis, policy=plan.mode, window=window,
                           message=f"v{trigger.version}: {plan.mode} on {len(plan.train)} rows ({plan.basis}), "
                                   f"{len(plan.holdout)} holdout, {len(plan.replay)} replay"
+                                  + (f", recency-weighted (half-life {plan.half_life} rows)" if plan.half_life else "")
                                   + (f"; {'; '.join(plan.notes)}" if plan.notes else "")))
         champion = self.state.promoted.get(trigger.champion) if trigger.champion else None
         job = trainer.make_job(plan.train, plan.holdout, champion, s.model_secret.get_secret_value(),
-                               spec.model.threshold, plan.replay, plan.parent, spec.monitoring.slices)
+                               spec.model.threshold, plan.replay, plan.parent, spec.monitoring.slices,
+                               plan.half_life)
         self.emit(rd.step("started", trigger, time.time(), policy=plan.mode, progress=0.0,
                           message=f"training worker started for v{trigger.version}"))
         await self.flush()

@@ -42,10 +42,11 @@ class Plan:
     replay: list[Row]
     parent: ModelEvent | None = None  # the artifact a stateful update continues
     notes: list[str] = field(default_factory=list)  # fallbacks, said out loud
+    half_life: int | None = None  # rows weighted 2^(-age/half_life) (retrain.recency_half_life)
 
     def window(self) -> TrainingWindow:
         return rows_window(self.train, basis=self.basis, since=self.since,
-                           fallback="; ".join(self.notes) or None)
+                           fallback="; ".join(self.notes) or None, recency_half_life=self.half_life)
 
 
 def rows_window(rows: list[Row], **extra: Any) -> TrainingWindow:
@@ -93,7 +94,9 @@ def plan_window(rows: list[Row], trigger: Trigger, state: ControllerState, spec:
                      and (champ_end is None or x.served_at > champ_end)
                      and (floor is None or x.served_at >= floor)),
                     key=lambda x: (x.labeled_at, x.prediction_id))
-    return Plan(mode, basis, since, train, holdout, replay, champ if mode == "stateful" else None, notes)
+    # no known change point: the newest rows stand for the concept to learn (a gradual change)
+    half_life = r.recency_half_life if basis == "recent" else None
+    return Plan(mode, basis, since, train, holdout, replay, champ if mode == "stateful" else None, notes, half_life)
 
 
 # -- the gate -------------------------------------------------------------------------------

@@ -52,12 +52,14 @@ def _pairs(rows: list[Any]) -> list[list[Any]]:
 
 
 def make_job(train: list[Any], holdout: list[Any], champion: Any, secret: str, threshold: float,
-             replay: list[Any] | None = None, parent: Any = None, slices: tuple[str, ...] = ()) -> dict[str, Any]:
+             replay: list[Any] | None = None, parent: Any = None, slices: tuple[str, ...] = (),
+             half_life: int | None = None) -> dict[str, Any]:
     """The child's input. ``champion``/``parent``: promoted ModelEvents (None: baseline /
-    stateless). Replay rows also carry what production served (version, score)."""
+    stateless). Replay rows also carry what production served (version, score).
+    ``half_life``: weigh the training rows by recency (:func:`modeling.recency_weights`)."""
     job: dict[str, Any] = {
         "train": _pairs(train), "holdout": _pairs(holdout), "threshold": threshold, "secret": secret,
-        "champion": None, "parent": None, "slices": list(slices),
+        "champion": None, "parent": None, "slices": list(slices), "half_life": half_life,
         "replay": [[r.features, r.actual, r.model_version, r.score] for r in (replay or [])],
     }
     for key, ev in (("champion", champion), ("parent", parent)):
@@ -82,7 +84,9 @@ def run_job(job: Mapping[str, Any], spec: UseCaseSpec,
     holdout: Rows = [(x, bool(y)) for x, y in job["holdout"]]
     threshold = float(job["threshold"])
     model = None
-    for epoch, epochs, model in modeling.train_epochs(spec, train_rows, _parent_model(job)):
+    half_life = job.get("half_life")
+    weights = modeling.recency_weights(len(train_rows), int(half_life)) if half_life else None
+    for epoch, epochs, model in modeling.train_epochs(spec, train_rows, _parent_model(job), weights):
         if progress is not None and _tenth(epoch, epochs) != _tenth(epoch - 1, epochs):
             progress(epoch, epochs)
     artifact = modeling.serialize(model)
