@@ -107,6 +107,8 @@ async def floor_latency(bootstrap: str, rate: float, duration: float,
         await task
         await sink.stop()
     lat = sorted((received[k] - t) * 1000 for k, t in sent.items() if k in received)
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
+    def pick(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
     return {"rate_events_per_s": rate, "events": n, "samples": len(lat), "missing": len(sent) - len(lat),
             "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": lat[-1] if lat else float("nan")}

@@ -39,15 +39,21 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import redis as redis_sync
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from loadtests.broker_floor import RELAY_IN, RELAY_OUT, floor_latency, paced, relay_worker
+from loadtests.broker_floor import (
+    RELAY_IN,
+    RELAY_OUT,
+    floor_latency,
+    paced,
+    relay_worker,
+)
 from shared import codec, redis_keys
 from shared.embedded import start_broker, start_redis
 from shared.kafka import ensure_topics

@@ -134,9 +134,10 @@ def train(spec: UseCaseSpec, rows: Sequence[tuple[Mapping[str, Any], bool]], mod
     ``weights``: one sample weight per row (see :func:`recency_weights`).
     Deterministic: same rows + weights + spec + seed -> identical model.
     """
-    for _, _, model in train_epochs(spec, rows, model, weights):
+    trained = model
+    for _, _, trained in train_epochs(spec, rows, model, weights):
         pass
-    return model if model is not None else build_learner(spec)
+    return trained
 
 
 def recency_weights(rows: int, half_life: int) -> list[float]:
