@@ -30,16 +30,21 @@ FETCH_MAX_WAIT_MS = 5  # the services' setting (ingestion_fetch_max_wait_ms, fea
 
 async def relay_worker(bootstrap: str) -> None:
     """consume -> produce -> await acks -> commit, nothing else (no parsing, no state)."""
-    consumer = AIOKafkaConsumer(RELAY_IN.name, bootstrap_servers=bootstrap, group_id="bench-relay",
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+    await relay(bootstrap, RELAY_IN.name, RELAY_OUT.name, "bench-relay", fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+
+
+async def relay(bootstrap: str, source: str, sink: str, group: str,
+                transform: Callable[[bytes], bytes] | None = None, **consumer_options: Any) -> None:
+    """The simplest at-least-once loop: getmany -> transform -> send -> await acks -> commit."""
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **consumer_options)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     await consumer.start()
     await producer.start()
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=100, max_records=2000)
-            futures = [await producer.send(RELAY_OUT.name, r.value, key=r.key)
+            futures = [await producer.send(sink, transform(r.value) if transform else r.value, key=r.key)
                        for recs in batches.values() for r in recs]
             if futures:
                 await asyncio.gather(*futures)

@@ -52,6 +52,7 @@ from loadtests.broker_floor import (
     RELAY_OUT,
     floor_latency,
     paced,
+    relay,
     relay_worker,
 )
 from shared import codec, redis_keys
@@ -76,26 +77,9 @@ def make_event(i: int, entity: str, now: float, rng: random.Random) -> bytes:
 
 # ------------------------------------------------------------------ baseline worker (a)
 async def baseline_worker(bootstrap: str) -> None:
-    """The simplest at-least-once loop: getmany -> orjson.loads -> send -> await acks -> commit."""
-    consumer = AIOKafkaConsumer(BENCH_IN.name, bootstrap_servers=bootstrap, group_id="bench-baseline",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
-    await consumer.start()
-    await producer.start()
-    try:
-        while True:
-            batches = await consumer.getmany(timeout_ms=100, max_records=2000)
-            futures = []
-            for recs in batches.values():
-                for r in recs:
-                    event = orjson.loads(r.value)
-                    futures.append(await producer.send(BENCH_OUT.name, orjson.dumps(event), key=r.key))
-            if futures:
-                await asyncio.gather(*futures)
-                await consumer.commit()
-    finally:
-        await consumer.stop()
-        await producer.stop()
+    """The simplest at-least-once loop: getmany -> orjson.loads + dumps -> send -> await acks -> commit."""
+    await relay(bootstrap, BENCH_IN.name, BENCH_OUT.name, "bench-baseline",
+                transform=lambda value: orjson.dumps(orjson.loads(value)))
 
 
 # ------------------------------------------------------------------ helpers
