@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -19,6 +20,17 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     )
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def tune_gc() -> None:
+    """Why: a full collection walks every object, start-up imports (faust, aiokafka) and a
+    service's caches included: pauses of tens to hundreds of ms, straight into a latency p99,
+    and gen-0 collections every 700 allocations cost a stream processor ~5% of its CPU.
+    Start-up objects are frozen out of the collector; per-batch garbage is acyclic (freed by
+    refcounting), so collections can run far less often. Call once, after start-up imports."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -25,7 +25,6 @@ The topic is subscribed through ``app.topics`` (faust's Conductor) with no chann
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
@@ -34,7 +33,7 @@ import faust
 from services.features.consumer import Transport
 from services.features.settings import FeaturesSettings
 from shared.kafka import ensure_topics
-from shared.runtime import setup_logging
+from shared.runtime import setup_logging, tune_gc
 from shared.topics import EVENTS_VALID
 
 
@@ -95,15 +94,5 @@ def main() -> None:
     (settings.data_dir / "features").mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     worker = _Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    _tune_gc()
+    tune_gc()
     worker.execute_from_commandline()
-
-
-def _tune_gc() -> None:
-    """Why: a full collection walks every object, start-up imports (faust, aiokafka) and the
-    window cache included: pauses of tens to hundreds of ms, straight into the freshness
-    p99. Start-up objects are frozen out of the collector; the engine's per-batch garbage is
-    acyclic (freed by refcounting), so collections can run far less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)

@@ -63,7 +63,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if self._applier is None:
             self._applier = Applier(self.settings)
             await self._applier.start()
-            gc.freeze()  # the worker is up: its objects need no more collecting (see app._tune_gc)
+            gc.freeze()  # the worker is up: its objects need no more collecting (see shared.runtime.tune_gc)
         return self._applier
 
     async def on_stop(self) -> None:

@@ -30,7 +30,7 @@ from shared.kafka import (
     make_consumer,
     make_producer,
 )
-from shared.runtime import run_service, setup_logging
+from shared.runtime import run_service, setup_logging, tune_gc
 from shared.spec import UseCaseSpec
 from shared.topics import EVENTS_RAW, EVENTS_VALID, LABELS_RAW, LABELS_VALID
 
@@ -92,4 +92,6 @@ def create_app(settings: IngestionSettings) -> Ingestion:
 def main() -> None:
     settings = IngestionSettings()
     setup_logging("ingestion", settings.log_level)
-    run_service(create_app(settings).run)
+    app = create_app(settings)
+    tune_gc()
+    run_service(app.run)
