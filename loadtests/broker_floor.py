@@ -55,12 +55,12 @@ async def relay(bootstrap: str, source: str, sink: str, group: str,
 
 
 async def paced(bootstrap: str, topic: str, rate: float, duration: float,
-                record: Callable[[int], tuple[bytes, bytes, bool]]) -> tuple[dict[bytes, float], int]:
+                record: Callable[[int], tuple[bytes, bytes, bool]], linger_ms: int = 2) -> tuple[dict[bytes, float], int]:
     """Produce ``record(i)`` -> (key, value, sampled) at ``rate`` for ``duration`` s.
     Returns the send time of each sampled key and the number of records sent."""
     # linger 2 ms: with 0 every record is its own batch, and Tansu (in memory) slows
-    # down as the number of batches grows: a 10-minute run then measured the broker.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    # down as the number of batches grows (see the module docstring).
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
     await producer.start()
     sent: dict[bytes, float] = {}
     try:

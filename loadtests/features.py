@@ -12,7 +12,8 @@ Starts an embedded broker + Redis and measures, in order:
     written for that event); and, at the same rate and duration, the broker's floor: the same
     paced records through a raw aiokafka two-hop relay (``loadtests/broker_floor.py``);
 (d) the features process' peak RSS (VmHWM, /proc) and its RSS sampled once a second;
-    with ``--rss-minutes M``, a further M minutes of paced load at the (c) rate over
+    with ``--rss-minutes M``, then, on a fresh broker and Redis (see ``RSS_SERVICE_ENV``),
+    M minutes of paced load at ``--rss-load`` x (b) (default: the (c) rate) over
     ``--rss-entities`` distinct entities (default 1M: most are new, so the window cache
     stays full and Redis grows), RSS sampled every 5 s: "flat" = the last minute's median
     within 10% of the second minute's.
@@ -248,13 +249,15 @@ class Bench:
             worker.terminate()
             worker.wait(10)
 
-    def freshness(self, rate: float, duration: float, entities: int, tag: str = "fresh") -> dict[str, Any]:
+    def freshness(self, rate: float, duration: float, entities: int, tag: str = "fresh",
+                  linger_ms: int = 2) -> dict[str, Any]:
         """Paced produce at ``rate``; every 20th event is the only event of a fresh entity.
         ``backlog_at_end``: events not yet applied when the producer stopped (a pipeline
         with slack has ~0: the latencies are then not queueing behind a backlog)."""
         pids = {**self.pids, "bench_producer": os.getpid()}
         cpu0, t0 = {n: cpu_s(pid) for n, pid in pids.items()}, time.time()
-        sent, n = asyncio.run(paced(self.bootstrap, "events.raw", rate, duration, self.record(entities, tag)))
+        sent, n = asyncio.run(paced(self.bootstrap, "events.raw", rate, duration, self.record(entities, tag),
+                                    linger_ms))
         sampled = {k.decode(): t for k, t in sent.items()}
         self.total += n
         backlog = self.total - self._applied_count()
@@ -284,12 +287,41 @@ def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]], ev
             return
 
 
-def rss_run(bench: Bench, pid: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
-    """``--rss-minutes`` of paced load over many entities; is the features RSS flat?"""
+# The long RSS run measures the features process' memory, not latency: on a fresh broker and
+# Redis, with fetches held up to 200 ms and a producer linger of 100 ms, so the broker stores
+# ~40x fewer batches (Tansu's fetch cost grows with them: at the (c) settings a 10-minute run at
+# 1,300 events/s stalled the pipeline after ~100k events, broker at 0.9 core).
+RSS_SERVICE_ENV = {"RIVULET_INGESTION_FETCH_MAX_WAIT_MS": 200, "RIVULET_FETCH_MAX_WAIT_MS": 200}
+RSS_LINGER_MS = 100
+
+
+def rss_run(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """``--rss-minutes`` of paced load over ``--rss-entities``; is the features RSS flat?"""
+    bench = Bench(args)
+    try:
+        asyncio.run(ensure_topics(bench.bootstrap))
+        ingestion = bench.spawn("-m", "services.ingestion", **RSS_SERVICE_ENV)
+        features = bench.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6, **RSS_SERVICE_ENV)
+        bench.pids = {"ingestion": ingestion.pid, "features": features.pid,
+                      "broker": bench.broker.proc.pid, "redis": bench.redis.proc.pid}
+        asyncio.run(produce_all(bench.bootstrap, "events.raw", bench.events(500, args.entities)))
+        bench.total = 500
+        wait(lambda: bench._applied_count() >= 500, 120, 0.05)
+        out = _sampled_rss_run(bench, features.pid, rate, args)
+        out["peak_kb"] = rss_kb(features.pid, "VmHWM")
+        out["applied_events"] = bench._applied_count() - 500
+        out["service_env"] = RSS_SERVICE_ENV
+        out["producer_linger_ms"] = RSS_LINGER_MS
+        return out
+    finally:
+        bench.stop()
+
+
+def _sampled_rss_run(bench: Bench, pid: int, rate: float, args: argparse.Namespace) -> dict[str, Any]:
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
     threading.Thread(target=sample_rss, args=(pid, stop, samples, 5.0), daemon=True).start()
-    fresh = bench.freshness(rate, args.rss_minutes * 60, args.rss_entities, tag="rss")
+    fresh = bench.freshness(rate, args.rss_minutes * 60, args.rss_entities, tag="rss", linger_ms=RSS_LINGER_MS)
     stop.set()
     second = sorted(kb for t, kb in samples if 60 <= t < 120) or [samples[0][1]]
     last = sorted(kb for t, kb in samples if t >= samples[-1][0] - 60)
@@ -320,11 +352,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         floor = bench.floor(rate, args.duration, args.entities)
         fresh = bench.freshness(rate, args.duration, args.entities)
         stop.set()
-        rss_rate = system["steady_events_per_s"] * (args.rss_load or args.load)
-        long_run = rss_run(bench, features.pid, rss_rate, args) if args.rss_minutes else None
         peak = rss_kb(features.pid, "VmHWM")
     finally:
         bench.stop()
+    rss_rate = system["steady_events_per_s"] * (args.rss_load or args.load)
+    long_run = rss_run(args, rss_rate) if args.rss_minutes else None
     ratio = system["events_per_s"] / baseline["events_per_s"]
     steady = system["steady_events_per_s"] / baseline["events_per_s"]
     cpu = system["cpu_us_per_event"]

@@ -40,7 +40,8 @@ class Applier:
     def __init__(self, settings: FeaturesSettings) -> None:
         self.settings = settings
         spec = settings.use_case
-        self.cache = Cache(settings.state_cache_entities, spec.features_config.entity_ttl / 2)
+        self.cache = Cache(settings.state_cache_entities, spec.features_config.entity_ttl / 2,
+                           settings.state_cache_events)
         self.redis = Redis.from_url(settings.redis_url)
         self.store = FeatureStore(self.redis, spec, settings.group_id, self.cache)
         self.producer: AIOKafkaProducer = make_producer(settings)

@@ -24,3 +24,6 @@ class FeaturesSettings(RivuletSettings):
     # Windows of at most this many recently seen entities are kept in memory (LRU): RSS is
     # bounded by it, whatever the number of entities; misses are read from Redis.
     state_cache_entities: int = 50_000
+    # ... and at most this many events in those windows (a window of a long window keeps all
+    # its entity's events: this bound, ~0.5 KB each, is what keeps RSS flat over a long run).
+    state_cache_events: int = 100_000

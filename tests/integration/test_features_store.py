@@ -112,6 +112,14 @@ async def test_bounded_cache_gives_the_results_of_redis(redis_server: ServerProc
             assert await stored(r, entity) == expected(events, entity)
         stored_window = await r.hgetall(redis_keys.window_events(SPEC, "c0"))
         assert {k.decode() for k in stored_window} == {e["event_id"] for e in idle.cache.windows["c0"].events}
+        await r.flushdb()
+        by_events = FeatureStore(r, SPEC, "by-events", Cache(100, max_events=60))  # ~50 events per entity
+        for i in range(0, 150, 7):
+            await by_events.apply(recs[i:i + 7])
+            assert by_events.cache.events <= 60 or len(by_events.cache) == 1
+        assert by_events.cache.misses > 3  # evicted for their events, reloaded exactly
+        for entity in ("c0", "c1", "c2"):
+            assert await stored(r, entity) == expected(events, entity)
     finally:
         await r.aclose()
 

@@ -86,3 +86,32 @@ def test_apply_events_is_idempotent_on_redelivery() -> None:
     once, _ = apply_events([], events, SPEC)
     twice, late = apply_events(once, events, SPEC)
     assert twice == once and late == 0
+
+
+def _window(n: int, partition: int = 0) -> Window:
+    return Window.of(partition, [{"event_id": f"e{i}", "event_time": float(i), "amount": 1.0} for i in range(n)])
+
+
+def test_cache_is_bounded_by_the_events_its_windows_hold() -> None:
+    """Entities under their bound, events over theirs: least recently used windows go first,
+    and a window that grew in a batch counts with its new size."""
+    from services.features.state import Cache
+
+    cache = Cache(max_entities=100, max_events=10)
+    for name, n in (("a", 4), ("b", 4), ("c", 2)):
+        cache.put(name, _window(n))
+    assert (cache.trim(), cache.events, list(cache.windows)) == (0, 10, ["a", "b", "c"])
+    grown = cache.get("b", 0)
+    assert grown is not None
+    grown.add({"event_id": "x", "event_time": 9.0, "amount": 2.0})
+    cache.put("b", grown)  # 11 events now: "a" (least recently used) is evicted
+    assert (cache.trim(), cache.events, list(cache.windows)) == (1, 7, ["c", "b"])
+    cache.put("d", _window(20))  # one window over the bound on its own: only it may remain
+    assert cache.trim() == 2 and list(cache.windows) == ["d"] and cache.events == 20
+    assert cache.trim() == 0 and list(cache.windows) == ["d"]  # the newest stays: it is in use
+    cache.clear()
+    assert (cache.events, cache.sizes, len(cache)) == (0, {}, 0)
+    unbounded = Cache(max_entities=2)
+    for name in "abc":
+        unbounded.put(name, _window(50))
+    assert unbounded.trim() == 1 and unbounded.events == 100
