@@ -25,5 +25,6 @@ class FeaturesSettings(RivuletSettings):
     # bounded by it, whatever the number of entities; misses are read from Redis.
     state_cache_entities: int = 50_000
     # ... and at most this many events in those windows (a window of a long window keeps all
-    # its entity's events: this bound, ~0.5 KB each, is what keeps RSS flat over a long run).
-    state_cache_events: int = 100_000
+    # its entity's events: this bound, ~1 KB each with its columns, keeps RSS flat over a long
+    # run; the same as the entity bound: one event per cached entity on average).
+    state_cache_events: int = 50_000
