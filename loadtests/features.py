@@ -160,6 +160,14 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def start_services(self, **env: Any) -> subprocess.Popen[bytes]:
+        """Ingestion and features as real processes (CPU accounted in ``pids``); returns features."""
+        ingestion = self.spawn("-m", "services.ingestion", **env)
+        features = self.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6, **env)
+        self.pids = {"ingestion": ingestion.pid, "features": features.pid,
+                     "broker": self.broker.proc.pid, "redis": self.redis.proc.pid}
+        return features
+
     def events(self, n: int, entities: int) -> list[tuple[bytes, bytes]]:
         now, out = time.time(), []
         for _ in range(n):
@@ -290,7 +298,7 @@ def sample_rss(pid: int, stop: threading.Event, out: list[tuple[float, int]], ev
 # The long RSS run measures the features process' memory, not latency: on a fresh broker and
 # Redis, with fetches held up to 200 ms and a producer linger of 100 ms, so the broker stores
 # ~40x fewer batches (Tansu's fetch cost grows with them: at the (c) settings a 10-minute run at
-# 1,300 events/s stalled the pipeline after ~100k events, broker at 0.9 core).
+# ~1,300-1,500 events/s stalled the pipeline after ~100k events, broker at 0.9 core).
 RSS_SERVICE_ENV = {"RIVULET_INGESTION_FETCH_MAX_WAIT_MS": 200, "RIVULET_FETCH_MAX_WAIT_MS": 200}
 RSS_LINGER_MS = 100
 
@@ -300,10 +308,7 @@ def rss_run(args: argparse.Namespace, rate: float) -> dict[str, Any]:
     bench = Bench(args)
     try:
         asyncio.run(ensure_topics(bench.bootstrap))
-        ingestion = bench.spawn("-m", "services.ingestion", **RSS_SERVICE_ENV)
-        features = bench.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6, **RSS_SERVICE_ENV)
-        bench.pids = {"ingestion": ingestion.pid, "features": features.pid,
-                      "broker": bench.broker.proc.pid, "redis": bench.redis.proc.pid}
+        features = bench.start_services(**RSS_SERVICE_ENV)
         asyncio.run(produce_all(bench.bootstrap, "events.raw", bench.events(500, args.entities)))
         bench.total = 500
         wait(lambda: bench._applied_count() >= 500, 120, 0.05)
@@ -340,13 +345,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = bench.baseline()
         for p in bench.procs:
             p.terminate()
-        ingestion = bench.spawn("-m", "services.ingestion")
-        features = bench.spawn("-m", "services.features", RIVULET_SESSION_TIMEOUT_S=6)
+        features = bench.start_services()
         rss: list[tuple[float, int]] = []
         stop = threading.Event()
         threading.Thread(target=sample_rss, args=(features.pid, stop, rss), daemon=True).start()
-        bench.pids = {"ingestion": ingestion.pid, "features": features.pid,
-                      "broker": bench.broker.proc.pid, "redis": bench.redis.proc.pid}
         system = bench.system(bench.pids)
         rate = system["steady_events_per_s"] * args.load
         floor = bench.floor(rate, args.duration, args.entities)
