@@ -26,6 +26,10 @@ from shared.topics import Topic
 
 RELAY_IN, RELAY_OUT = Topic("relay.in", None, "entity_id", 4), Topic("relay.out", None, "entity_id", 4)
 FETCH_MAX_WAIT_MS = 5  # the services' setting (ingestion_fetch_max_wait_ms, features fetch_max_wait_ms)
+# The paced "user" producer's linger: Kafka's default linger.ms since 4.0 (KIP-1030). With 0,
+# every record is its own batch, and Tansu (in memory) slows down as batches accumulate.
+USER_LINGER_MS = 5
+SLOT_S = 5.0  # latency percentiles per slot of this many seconds of send time
 
 
 async def relay_worker(bootstrap: str) -> None:
@@ -55,11 +59,10 @@ async def relay(bootstrap: str, source: str, sink: str, group: str,
 
 
 async def paced(bootstrap: str, topic: str, rate: float, duration: float,
-                record: Callable[[int], tuple[bytes, bytes, bool]], linger_ms: int = 2) -> tuple[dict[bytes, float], int]:
+                record: Callable[[int], tuple[bytes, bytes, bool]],
+                linger_ms: int = USER_LINGER_MS) -> tuple[dict[bytes, float], int]:
     """Produce ``record(i)`` -> (key, value, sampled) at ``rate`` for ``duration`` s.
     Returns the send time of each sampled key and the number of records sent."""
-    # linger 2 ms: with 0 every record is its own batch, and Tansu (in memory) slows
-    # down as the number of batches grows (see the module docstring).
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
     await producer.start()
     sent: dict[bytes, float] = {}
@@ -111,9 +114,22 @@ async def floor_latency(bootstrap: str, rate: float, duration: float,
         done.set()
         await task
         await sink.stop()
-    lat = sorted((received[k] - t) * 1000 for k, t in sent.items() if k in received)
-    def pick(q: float) -> float:
-        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    pairs = [(t, (received[k] - t) * 1000) for k, t in sent.items() if k in received]
+    return {"rate_events_per_s": rate, "events": n, "missing": len(sent) - len(pairs), **latency_summary(pairs)}
 
-    return {"rate_events_per_s": rate, "events": n, "samples": len(lat), "missing": len(sent) - len(lat),
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": lat[-1] if lat else float("nan")}
+
+def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """(send time, latency ms) -> samples, p50/p99/max, and p50/p99 per ``SLOT_S`` of the run
+    (``slots``: [start s, p50, p99]; Tansu's latency grows as a run stores more batches)."""
+    def pick(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    lat = sorted(x for _, x in pairs)
+    start = min((t for t, _ in pairs), default=0.0)
+    by_slot: dict[int, list[float]] = {}
+    for t, x in pairs:
+        by_slot.setdefault(int((t - start) // SLOT_S), []).append(x)
+    slots = [[k * SLOT_S, round(pick(sorted(v), 0.5), 1), round(pick(sorted(v), 0.99), 1)]
+             for k, v in sorted(by_slot.items())]
+    return {"samples": len(lat), "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99),
+            "max_ms": lat[-1] if lat else float("nan"), "slots": slots}

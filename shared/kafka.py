@@ -9,7 +9,9 @@ and consumer downstream is idempotent (dedupe by id or by applied offset).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from shared.config import RivuletSettings
 from shared.contracts import DeadLetter
@@ -45,6 +48,9 @@ def make_producer(settings: RivuletSettings, **overrides: Any) -> AIOKafkaProduc
         acks="all",
         linger_ms=2,
         max_request_size=MAX_MESSAGE_BYTES,
+        # One batch per partition per publish (see publish): fewer, larger batches are
+        # fewer requests, and fewer objects in Tansu, whose fetch cost grows with them.
+        max_batch_size=1024 * 1024,
         enable_idempotence=settings.kafka_idempotence,
         request_timeout_ms=15000,
     )
@@ -107,12 +113,39 @@ def dead_letter(record: ConsumerRecord, dlq_topic: str, error: RejectedRecord) -
 
 
 async def publish(producer: AIOKafkaProducer, outs: Sequence[Out]) -> None:
-    """Send all, then wait for every ack (raises if any send failed)."""
-    futures = [
-        await producer.send(o.topic, o.value, key=o.key, headers=o.headers) for o in outs
-    ]
+    """Send all, then wait for every ack (raises if any send failed).
+
+    Why not ``send()`` per record: its per-record futures and partitioner were ~a fifth of
+    ingestion's CPU. Records go out as one batch per topic partition (``send_batch``), in
+    order, partitioned as aiokafka's default partitioner does (murmur2 of the key, so any
+    other producer of the topic agrees; no key: a random partition).
+    """
+    groups: dict[tuple[str, int], list[Out]] = {}
+    counts: dict[str, int] = {}
+    for o in outs:
+        n = counts.get(o.topic)
+        if n is None:
+            n = counts[o.topic] = len(await producer.partitions_for(o.topic))
+        partition = random.randrange(n) if o.key is None else _partition(o.key, n)
+        groups.setdefault((o.topic, partition), []).append(o)
+    futures = []
+    for (topic, partition), group in groups.items():
+        batch = producer.create_batch()
+        for o in group:
+            if batch.append(timestamp=None, key=o.key, value=o.value, headers=o.headers or []) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()  # full: the record goes first in a new one
+                batch.append(timestamp=None, key=o.key, value=o.value, headers=o.headers or [])
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
     if futures:
         await asyncio.gather(*futures)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition(key: bytes, partitions: int) -> int:
+    """aiokafka's (and the Java client's) default: murmur2(key) mod partitions (cached:
+    murmur2 is pure Python, and keys repeat)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 Handler = Callable[[list[ConsumerRecord]], Awaitable[list[Out]]]

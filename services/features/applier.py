@@ -1,4 +1,4 @@
-"""Applies batches of ``events.valid`` records to Redis, one at a time, never giving up.
+"""Applies batches of ``events.valid`` records to Redis, in order, never giving up.
 
 Owns the Redis client, the late-events producer and the :class:`FeatureStore` (with its
 window cache). A batch runs as its own task, shielded from the caller: a rebalance or a
@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -27,11 +28,13 @@ from services.features.handlers import (
 )
 from services.features.settings import FeaturesSettings
 from services.features.state import Cache
-from services.features.store import FeatureStore
+from services.features.store import Conflict, FeatureStore
 from shared.kafka import Out, make_producer, publish
 from shared.topics import EVENTS_LATE
 
 log = logging.getLogger("services.features")
+# Called once a chunk is in Redis (acks it); False: stop before writing the next one.
+Done = Callable[[Sequence[RawRecord]], Awaitable[bool]]
 
 
 class Applier:
@@ -45,7 +48,7 @@ class Applier:
         self.redis = Redis.from_url(settings.redis_url)
         self.store = FeatureStore(self.redis, spec, settings.group_id, self.cache)
         self.producer: AIOKafkaProducer = make_producer(settings)
-        self.inflight: asyncio.Future[BatchPlan] | None = None
+        self.inflight: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
         await self.producer.start()
@@ -55,6 +58,66 @@ class Applier:
         await self._settle()
         self.inflight = asyncio.ensure_future(self._apply_until_done(records))
         return await asyncio.shield(self.inflight)
+
+    async def apply_chunks(self, chunks: Sequence[Sequence[RawRecord]], done: Done) -> None:
+        """Apply ``chunks`` in order, calling ``done(chunk)`` once each is in Redis (it acks;
+        False stops before the next write, e.g. after a rebalance). Each chunk is planned
+        while the previous one's script runs in Redis: the writes stay one at a time and in
+        order, only the CPU work overlaps the wait (Redis' script time was ~a fifth of the
+        service's wall time)."""
+        await self._settle()
+        self.inflight = asyncio.ensure_future(self._chunks_until_done(chunks, done))
+        await asyncio.shield(self.inflight)
+
+    async def _chunks_until_done(self, chunks: Sequence[Sequence[RawRecord]], done: Done) -> None:
+        finished: list[Sequence[RawRecord]] = []
+        try:
+            await self._pipeline(chunks, done, finished)
+            return
+        except (RedisError, OSError, KafkaError, Conflict) as exc:
+            log.info("pipelined batch interrupted (%r); applying the rest one chunk at a time", exc)
+        for chunk in chunks[len(finished):]:  # redelivery-safe: applied offsets are skipped
+            await self._apply_until_done(chunk)
+            if not await done(chunk):
+                return
+
+    async def _pipeline(self, chunks: Sequence[Sequence[RawRecord]], done: Done,
+                        finished: list[Sequence[RawRecord]]) -> None:
+        """Plan chunk k+1 while chunk k is written; any failure clears the window cache
+        (it was updated as if every planned write succeeded) once no write is in flight."""
+        writing: asyncio.Task[None] | None = None
+
+        async def settle() -> None:
+            if writing is not None:
+                await writing
+
+        try:
+            previous: tuple[Sequence[RawRecord], BatchPlan] | None = None
+            for chunk in chunks:
+                prepared = await self.store.prepare(chunk, self._send_late, settle)
+                if previous is not None:
+                    await settle()
+                    finished.append(previous[0])
+                    _log_plan(previous[1], len(previous[0]))
+                    if not await done(previous[0]):
+                        self.cache.clear()  # holds the plan of a chunk that will not be written
+                        return
+                writing = asyncio.ensure_future(self.store.write(prepared))
+                previous = (chunk, prepared.plan)
+            if previous is not None:
+                await settle()
+                finished.append(previous[0])
+                _log_plan(previous[1], len(previous[0]))
+                await done(previous[0])
+        except BaseException as exc:
+            if writing is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    writing.cancel()  # as a cancelled single write is (the script is all or nothing)
+                await asyncio.wait([writing])  # never two writers
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: the caller's retry handles the failure
+            self.cache.clear()
+            raise
 
     async def forget(self) -> None:
         """After an assignment: windows of other partitions may have changed in Redis."""

@@ -7,7 +7,7 @@ than computing the features, and feeding a batch applier through it made batches
 else of faust (the worker, the consumer group and its rebalances, the consumer thread, the
 periodic commits of acked offsets) and replaces only the drain loop: each fetched record
 map goes to the :class:`~services.features.applier.Applier` as one batch (split at
-``batch_size``), and its offsets are acked in bulk once Redis holds them.
+``batch_size`` entities), and its offsets are acked in bulk once Redis holds them.
 
 Exactly-once effect: Redis' applied offsets are the truth. Every seek faust makes (after
 each assignment) goes to Redis' applied offset + 1; the Kafka commit only follows.
@@ -27,7 +27,7 @@ from faust.types.tuples import ack_lock
 from redis.asyncio import Redis
 
 from services.features.applier import Applier
-from services.features.handlers import RawRecord, resume_positions
+from services.features.handlers import RawRecord, chunks, resume_positions
 from services.features.settings import FeaturesSettings
 from services.features.store import applied_offsets
 from shared.topics import EVENTS_VALID
@@ -99,13 +99,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 generation, batch = self.app.consumer_generation_id, await self._next_batch()
-                size = self.settings.batch_size
-                for chunk in (batch[i:i + size] for i in range(0, len(batch), size)):
+
+                async def done(chunk: Sequence[RawRecord], generation: int = generation) -> bool:
                     if self._moved(generation):
-                        break  # a rebalance: the rest is re-read from Redis' offsets
-                    await applier.apply(chunk)
-                    if not self._moved(generation):  # else these partitions may be revoked
-                        await self._ack(chunk)
+                        return False  # a rebalance: the rest is re-read from Redis' offsets
+                    await self._ack(chunk)
+                    return True
+
+                if batch and not self._moved(generation):
+                    size = self.settings
+                    await applier.apply_chunks(list(chunks(batch, size.batch_max_events, size.batch_size)), done)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise

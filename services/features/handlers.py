@@ -17,7 +17,7 @@ entity, so the Redis write is incremental.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from shared.redis_keys import EVENT_TIME_FIELD, WRITTEN_AT_FIELD
 from shared.spec import UseCaseSpec
 
 __all__ = [
-    "BatchPlan", "Decoded", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity",
+    "BatchPlan", "Decoded", "chunks", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity",
     "compute_features", "decode_batch", "decode_event", "feature_hash", "late_dead_letter", "merge_events",
     "plan_batch", "resume_positions", "slim_event",
 ]
@@ -63,6 +63,19 @@ class BatchPlan:
     invalid: int = 0
     redelivered: int = 0
     gaps: int = 0
+
+
+def chunks(records: Sequence[RawRecord], max_events: int, max_entities: int) -> Iterator[Sequence[RawRecord]]:
+    """Consecutive slices of ``records`` with at most ``max_events`` records and at most
+    ``max_entities`` distinct keys (entities) each: a write's cost in Redis is per entity."""
+    start, keys = 0, set()
+    for i, rec in enumerate(records):
+        if i - start >= max_events or (rec.key not in keys and len(keys) >= max_entities):
+            yield records[start:i]
+            start, keys = i, set()
+        keys.add(rec.key)
+    if start < len(records):
+        yield records[start:]
 
 
 def batch_features_for_entity(events: Sequence[Event], at: float, spec: UseCaseSpec) -> dict[str, float | None]:
@@ -176,11 +189,17 @@ def merge_into(window: Window, new: Sequence[Event], lateness: float) -> tuple[l
 
 
 def feature_hash(values: Mapping[str, float | None], at: float, now: float) -> dict[str, str]:
-    """The Redis hash of one entity: str(float) per present feature, None fields omitted."""
-    fields = {name: str(float(v)) for name, v in values.items() if v is not None}
-    fields[EVENT_TIME_FIELD] = str(float(at))
-    fields[WRITTEN_AT_FIELD] = str(float(now))
-    return fields
+    """The Redis hash of one entity: each present feature as a JSON number (None fields
+    omitted), plus the event time it is at and the write's wall time.
+
+    Why orjson: formatting 15 floats with ``str`` was a twentieth of the service's CPU;
+    orjson writes the same shortest round-trip numbers (``float(text) == value``) ~8x faster.
+    It writes null for a non-finite number: those fall back to ``str`` ("inf")."""
+    names = [name for name, v in values.items() if v is not None]
+    names += [EVENT_TIME_FIELD, WRITTEN_AT_FIELD]
+    numbers = [float(values[name]) for name in names[:-2]] + [float(at), float(now)]  # type: ignore[arg-type]
+    texts = codec.dumps(numbers).decode()[1:-1].split(",")
+    return {name: str(x) if text == "null" else text for name, x, text in zip(names, numbers, texts)}
 
 
 def parse_buffer(raw: bytes | str | None) -> list[dict[str, Any]]:

@@ -9,8 +9,12 @@ class FeaturesSettings(RivuletSettings):
     # Consumer group and faust app id: unique to this service.
     group_id: str = "rivulet-features"
     # A batch is one fetch (whatever arrived while the previous batch was written), applied
-    # in chunks of at most batch_size events (bounds how long one Lua script blocks Redis).
+    # in chunks of at most batch_size distinct entities: a Lua script's time in Redis (which
+    # blocks /predict reads) is per entity written, ~10 us each. An entity seen several times
+    # in a chunk is evaluated and written once, so hot entities are cheaper in larger chunks.
     batch_size: int = 500
+    # ... and of at most batch_max_events events (bounds the events one write adds).
+    batch_max_events: int = 1000
     # Longest time the broker may hold a fetch with no data (lower: fresher features).
     fetch_max_wait_ms: int = 5
     # How often faust commits acked offsets (Redis offsets make redelivery harmless).

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -68,6 +69,17 @@ return {1}
 """
 
 
+Settle = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A planned batch and the applied offsets its compare-and-set expects in Redis."""
+
+    plan: BatchPlan
+    expected: dict[int, int | None]
+
+
 class Conflict(Exception):
     """Another writer moved a partition's applied offset: the batch must be replanned."""
 
@@ -103,25 +115,42 @@ class FeatureStore:
                 raise
 
     async def _attempt(self, records: Sequence[RawRecord], late_sink: LateSink | None) -> BatchPlan:
+        prepared = await self.prepare(records, late_sink)
+        await self.write(prepared)
+        return prepared.plan
+
+    async def prepare(self, records: Sequence[RawRecord], late_sink: LateSink | None,
+                      settle: Settle | None = None) -> Prepared:
+        """Plan a batch on the cache as if every write before it succeeds: the cache is
+        updated now (a failed write must be followed by ``cache.clear()``, as ``apply``
+        does). ``settle`` is awaited before any Redis read: the caller's write in flight
+        must land first, or the read could miss it (pipelining, see the applier)."""
         if not self.cache.known:
+            if settle is not None:
+                await settle()
             self.cache.set_applied(await applied_offsets(self.redis, self.spec, self.group))
         decoded = decode_batch(records, self.cache.applied, self.spec)
-        windows = await self._windows(decoded.partitions)
+        windows = await self._windows(decoded.partitions, settle)
         plan = plan_windows(decoded, windows, self.spec)
         if plan.late_records and late_sink is not None:
             await late_sink(plan.late_records)  # acked before their offsets count as applied
-        if plan.offsets:  # else everything was a redelivery: nothing to write
-            await self._write(plan)
+        expected = {p: self.cache.applied.get(p) for p in plan.offsets}
         self.cache.applied.update(plan.offsets)
         now = time.monotonic()
         for entity, window in windows.items():
             if entity in plan.features:
-                window.touched = now  # the script just refreshed its TTL in Redis
+                window.touched = now  # the script refreshes its TTL in Redis
             self.cache.put(entity, window)
         self.cache.trim()
-        return plan
+        return Prepared(plan, expected)
 
-    async def _windows(self, partitions: dict[str, int]) -> dict[str, Window]:
+    async def write(self, prepared: Prepared) -> None:
+        """The batch's one script (nothing if it was all redelivery); Conflict if the
+        applied offsets it expects are not Redis' any more."""
+        if prepared.plan.offsets:
+            await self._write(prepared.plan, prepared.expected)
+
+    async def _windows(self, partitions: dict[str, int], settle: Settle | None = None) -> dict[str, Window]:
         """Cached windows, plus the misses read from Redis in one pipelined round trip."""
         windows: dict[str, Window] = {}
         misses = []
@@ -132,6 +161,8 @@ class FeatureStore:
             else:
                 windows[entity] = window
         if misses:
+            if settle is not None:
+                await settle()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for entity in misses:
                     pipe.hvals(redis_keys.window_events(self.spec, entity))
@@ -140,7 +171,7 @@ class FeatureStore:
                 windows[entity] = Window.of(partitions[entity], _parse_events(values))
         return windows
 
-    async def _write(self, plan: BatchPlan) -> None:
+    async def _write(self, plan: BatchPlan, expected: dict[int, int | None]) -> None:
         keys = [self.offsets_key]
         entities = []
         now = self.clock()
@@ -150,7 +181,7 @@ class FeatureStore:
             absent = [name for name, v in values.items() if v is None]  # a feature hash has no others
             added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
             entities.append([fields, added, plan.removed[entity], absent])
-        offsets = [[str(p), _expected(self.cache.applied.get(p)), str(o)] for p, o in plan.offsets.items()]
+        offsets = [[str(p), _expected(expected.get(p)), str(o)] for p, o in plan.offsets.items()]
         ttl = max(1, math.ceil(self.spec.features_config.entity_ttl))
         result = await self.script(keys=keys, args=[ttl, orjson.dumps({"o": offsets, "e": entities})])
         if int(result[0]) != 1:

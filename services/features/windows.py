@@ -122,31 +122,35 @@ def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], n
     """
     out: dict[str, float | None] = {}
     n = len(times)
+    numbers: dict[tuple[str, int], Sequence[float]] = {}
+    memo: dict[tuple[str, str, int], float | None] = {}  # (agg, field, lo): windows often start alike
     for first, feats in _windows_of(spec):
         start, inclusive = window_start(first, at)
         lo = bisect_left(times, start) if inclusive else bisect_right(times, start)
-        numbers: dict[str, Sequence[float]] = {}
-        sums: dict[str, float] = {}
         for feat in feats:
             agg, name = feat.agg, feat.field or ""
-            if agg in _NUMERIC:
-                nums = numbers.get(name)
+            key = (agg, name, lo)
+            if key in memo:
+                value = memo[key]
+            elif agg in _NUMERIC:
+                nums = numbers.get((name, lo))
                 if nums is None:
-                    col = num[name][lo:]
-                    nums = numbers[name] = [x for x in col if x is not None] if None in col else col
+                    col = num[name] if lo == 0 else num[name][lo:]
+                    nums = numbers[(name, lo)] = [x for x in col if x is not None] if None in col else col
                 if not nums:
                     value = None
                 elif agg == "sum" or agg == "mean":
-                    total = sums.get(name)
+                    total = memo.get(("sum", name, lo))
                     if total is None:
-                        total = sums[name] = math.fsum(nums)
+                        total = memo[("sum", name, lo)] = math.fsum(nums)
                     value = total if agg == "sum" else total / len(nums)
                 else:
                     value = _NUMERIC[agg](nums)  # type: ignore[arg-type]
+                memo[key] = value
             elif agg == "count":
-                value = float(n - lo if not name else sum(1 for v in raw[name][lo:] if v is not None)) or None
+                value = memo[key] = float(n - lo if not name else sum(1 for v in raw[name][lo:] if v is not None)) or None
             elif agg == "distinct_count":
-                value = float(len(set(raw[name][lo:]) - {None})) or None
+                value = memo[key] = float(len(set(raw[name][lo:]) - {None})) or None
             else:  # time_since_last
                 value = times[-1] - times[-2] if n - lo >= 2 else None
             out[feat.name] = feat.default if value is None else value

@@ -41,7 +41,7 @@ def test_bulk_acks_are_committed_and_small_split_batches_stay_exact(stack: Stack
     r = redis_sync.Redis.from_url(stack.redis.url)
     events = make_events(seed=7, entities=30, per_entity=30, base=time.time() - 3 * 3600)
     last = produce(stack, events)  # produced before the start: the first fetches are large
-    stack.spawn("services.features", RIVULET_BATCH_SIZE=37, RIVULET_COMMIT_INTERVAL_S=0.5, **FAST)
+    stack.spawn("services.features", RIVULET_BATCH_SIZE=7, RIVULET_BATCH_MAX_EVENTS=37, RIVULET_COMMIT_INTERVAL_S=0.5, **FAST)
     wait_for(lambda: all_applied(r, last), timeout=45, what="all offsets applied")
     assert_store_matches_batch_engine(r, events)
 
