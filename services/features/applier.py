@@ -49,6 +49,7 @@ class Applier:
         self.store = FeatureStore(self.redis, spec, settings.group_id, self.cache)
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.inflight: asyncio.Future[Any] | None = None
+        self.fallbacks = 0  # pipelined batches that went on one chunk at a time after a failure
 
     async def start(self) -> None:
         await self.producer.start()
@@ -75,6 +76,7 @@ class Applier:
             await self._pipeline(chunks, done, finished)
             return
         except (RedisError, OSError, KafkaError, Conflict) as exc:
+            self.fallbacks += 1
             log.info("pipelined batch interrupted (%r); applying the rest one chunk at a time", exc)
         for chunk in chunks[len(finished):]:  # redelivery-safe: applied offsets are skipped
             await self._apply_until_done(chunk)
