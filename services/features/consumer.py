@@ -107,8 +107,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     return True
 
                 if batch and not self._moved(generation):
-                    size = self.settings
-                    await applier.apply_chunks(list(chunks(batch, size.batch_max_events, size.batch_size)), done)
+                    s = self.settings
+                    await applier.apply_chunks(list(chunks(batch, s.batch_max_events, s.batch_size)), done)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise

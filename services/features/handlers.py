@@ -31,7 +31,7 @@ from shared.redis_keys import EVENT_TIME_FIELD, WRITTEN_AT_FIELD
 from shared.spec import UseCaseSpec
 
 __all__ = [
-    "BatchPlan", "Decoded", "chunks", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity",
+    "BatchPlan", "Decoded", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity", "chunks",
     "compute_features", "decode_batch", "decode_event", "feature_hash", "late_dead_letter", "merge_events",
     "plan_batch", "resume_positions", "slim_event",
 ]
