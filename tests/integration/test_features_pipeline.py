@@ -5,7 +5,8 @@ by falling back to one chunk at a time, still exact."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,10 +20,17 @@ from shared.embedded import ServerProcess
 from tests.integration.test_features_store import GROUP, SPEC, expected, records, stored
 
 
-def make_applier(redis_url: str) -> Applier:
+@asynccontextmanager
+async def applier_and_redis(redis_url: str) -> AsyncIterator[tuple[Applier, Redis]]:
+    """An applier (on the test spec) and a Redis client of its own for the checks."""
     settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01)
     settings.__dict__["use_case"] = SPEC  # the test spec instead of the file's
-    return Applier(settings)
+    applier, r = Applier(settings), Redis.from_url(redis_url)
+    try:
+        yield applier, r
+    finally:
+        await applier.stop()
+        await r.aclose()
 
 
 def chunked(recs: list[RawRecord], size: int) -> list[list[RawRecord]]:
@@ -38,8 +46,7 @@ async def assert_exact_up_to(r: Redis, events: list[dict[str, Any]], chunk: Sequ
 
 
 async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: ServerProcess) -> None:
-    applier, r = make_applier(redis_server.url), Redis.from_url(redis_server.url)
-    try:
+    async with applier_and_redis(redis_server.url) as (applier, r):
         events, recs = records(300, seed=5)
         chunks = chunked(recs, 25)
         acked: list[int] = []
@@ -55,14 +62,10 @@ async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: Serve
         assert await applied_offsets(r, SPEC, GROUP) == {0: 299}
         for entity in ("c0", "c1", "c2"):
             assert await stored(r, entity) == expected(events, entity)
-    finally:
-        await applier.stop()
-        await r.aclose()
 
 
 async def test_stop_writes_nothing_after_the_refused_chunk(redis_server: ServerProcess) -> None:
-    applier, r = make_applier(redis_server.url), Redis.from_url(redis_server.url)
-    try:
+    async with applier_and_redis(redis_server.url) as (applier, r):
         _, recs = records(100, seed=6)
         chunks = chunked(recs, 10)
 
@@ -72,14 +75,10 @@ async def test_stop_writes_nothing_after_the_refused_chunk(redis_server: ServerP
         await applier.apply_chunks(chunks, done)
         assert await applied_offsets(r, SPEC, GROUP) == {0: 39}  # the 5th was planned, never written
         assert len(applier.cache) == 0  # its optimistic plan was dropped
-    finally:
-        await applier.stop()
-        await r.aclose()
 
 
 async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: ServerProcess) -> None:
-    applier, r = make_applier(redis_server.url), Redis.from_url(redis_server.url)
-    try:
+    async with applier_and_redis(redis_server.url) as (applier, r):
         events, recs = records(400, seed=7)
         chunks = chunked(recs, 20)
         rival = FeatureStore(r, SPEC, GROUP, Cache(100))
@@ -99,6 +98,3 @@ async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: Se
         assert await applied_offsets(r, SPEC, GROUP) == {0: 399}
         for entity in ("c0", "c1", "c2"):
             assert await stored(r, entity) == expected(events, entity)
-    finally:
-        await applier.stop()
-        await r.aclose()
