@@ -129,7 +129,7 @@ def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
     by_slot: dict[int, list[float]] = {}
     for t, x in pairs:
         by_slot.setdefault(int((t - start) // SLOT_S), []).append(x)
-    slots = [[k * SLOT_S, round(pick(sorted(v), 0.5), 1), round(pick(sorted(v), 0.99), 1)]
-             for k, v in sorted(by_slot.items())]
+    slots = [[k * SLOT_S, round(pick(v, 0.5), 1), round(pick(v, 0.99), 1)]
+             for k, v in sorted((k, sorted(v)) for k, v in by_slot.items())]
     return {"samples": len(lat), "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99),
             "max_ms": lat[-1] if lat else float("nan"), "slots": slots}

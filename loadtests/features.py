@@ -148,11 +148,6 @@ def steady_rate(progress: list[tuple[float, int]], n: int) -> float:
     return (hi[1] - lo[1]) / max(1e-6, hi[0] - lo[0])
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
