@@ -106,16 +106,6 @@ async def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, byt
         await producer.stop()
 
 
-async def committed(bootstrap: str, group: str, topic: Topic) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        out = {p: await consumer.committed(TopicPartition(topic.name, p)) for p in range(topic.partitions)}
-    finally:
-        await consumer.stop()
-    return {p: o for p, o in out.items() if o is not None}
-
-
 def applied(r: redis_sync.Redis) -> dict[int, int]:
     return {int(k): int(v) for k, v in r.hgetall(redis_keys.applied_offsets(SPEC, GROUP)).items()}
 
@@ -203,39 +193,39 @@ class Bench:
         asyncio.run(ensure_topics(self.bootstrap, (BENCH_IN, BENCH_OUT)))
         worker = self.spawn("-m", "loadtests.features", "--baseline-worker", self.bootstrap, "baseline")
         warm = self.events(500, self.args.entities)
-        asyncio.run(produce_all(self.bootstrap, BENCH_IN.name, warm))
-        wait(lambda: self._out_count() >= 500, 60, 0.05)
+        asyncio.run(self._baseline_run(warm, before=0))
         records = self.events(self.args.baseline_events or 4 * self.args.events, self.args.entities)
         cpu0, broker0 = cpu_s(worker.pid), cpu_s(self.broker.proc.pid)
-        started, progress = asyncio.run(self._baseline_run(records))
+        started, progress = asyncio.run(self._baseline_run(records, before=len(warm)))
         done = progress[-1][0]
         return {"events": len(records), "seconds": done - started, "events_per_s": len(records) / (done - started),
                 "steady_events_per_s": steady_rate(progress, len(records)),
                 "cpu_us_per_event": (cpu_s(worker.pid) - cpu0) / len(records) * 1e6,
                 "broker_cpu_us_per_event": (cpu_s(self.broker.proc.pid) - broker0) / len(records) * 1e6}
 
-    async def _baseline_run(self, records: list[tuple[bytes, bytes]]) -> tuple[float, list[tuple[float, int]]]:
+    async def _baseline_run(self, records: list[tuple[bytes, bytes]], before: int,
+                            timeout: float = 300) -> tuple[float, list[tuple[float, int]]]:
         """Produce, and poll the input records the baseline committed (it commits only after
-        its outputs are acked) every 20 ms, as (b) polls Redis' applied offsets."""
+        its outputs are acked; ``before`` were committed already) every 20 ms, as (b) polls
+        Redis' applied offsets."""
         # Not the admin client: its OffsetFetch response from Tansu fails to parse.
         watcher = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id="bench-baseline",
                                    enable_auto_commit=False)
         await watcher.start()
         partitions = [TopicPartition(BENCH_IN.name, p) for p in range(BENCH_IN.partitions)]
         progress: list[tuple[float, int]] = []
+        deadline = time.time() + timeout
         try:
             producing = asyncio.create_task(produce_all(self.bootstrap, BENCH_IN.name, records))
             while not progress or progress[-1][1] < len(records):
+                if time.time() > deadline:
+                    raise TimeoutError("the baseline did not commit every record")
                 done = sum([await watcher.committed(tp) or 0 for tp in partitions])
-                progress.append((time.time(), done - 500))
+                progress.append((time.time(), done - before))
                 await asyncio.sleep(0.02)
             return await producing, progress
         finally:
             await watcher.stop()
-
-    def _out_count(self) -> int:
-        """Input records the baseline committed (it commits only after its outputs are acked)."""
-        return sum(asyncio.run(committed(self.bootstrap, "bench-baseline", BENCH_IN)).values())
 
     def _applied_count(self) -> int:
         """events.valid records applied to Redis (offsets are contiguous from 0 per partition).

@@ -93,24 +93,24 @@ class Applier:
             if writing is not None:
                 await writing
 
+        async def finish(chunk: Sequence[RawRecord], plan: BatchPlan) -> bool:
+            """Once ``chunk``'s write landed: log and ack it; False: stop."""
+            await settle()
+            finished.append(chunk)
+            _log_plan(plan, len(chunk))
+            return await done(chunk)
+
         try:
             previous: tuple[Sequence[RawRecord], BatchPlan] | None = None
             for chunk in chunks:
                 prepared = await self.store.prepare(chunk, self._send_late, settle)
-                if previous is not None:
-                    await settle()
-                    finished.append(previous[0])
-                    _log_plan(previous[1], len(previous[0]))
-                    if not await done(previous[0]):
-                        self.cache.clear()  # holds the plan of a chunk that will not be written
-                        return
+                if previous is not None and not await finish(*previous):
+                    self.cache.clear()  # holds the plan of a chunk that will not be written
+                    return
                 writing = asyncio.ensure_future(self.store.write(prepared))
                 previous = (chunk, prepared.plan)
             if previous is not None:
-                await settle()
-                finished.append(previous[0])
-                _log_plan(previous[1], len(previous[0]))
-                await done(previous[0])
+                await finish(*previous)
         except BaseException as exc:
             if writing is not None:
                 if isinstance(exc, asyncio.CancelledError):
