@@ -60,6 +60,11 @@ async def test_self_references_are_built_stored_and_reused(stack: Stack) -> None
                       _records(synth_rows(rng, 200, spec), 0, 0) + _records(synth_rows(rng, 600, spec), 5, 0))
         alerts = await consume_all(stack.broker.url, "drift.alerts", until=lambda rs: len(rs) >= 1)
         await _until(lambda: r.hexists(redis_keys.drift_self_references(), "5"))
+
+        async def both_windows_tested() -> bool:  # v5's window follows its reference: not stopped between
+            return service.monitor.windows_tested >= 2
+
+        await _until(both_windows_tested)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
