@@ -43,11 +43,13 @@ class Decoded:
     redelivered: int = 0
 
 
+# (field, accepted types, required) of each field a feature reads.
+Checks = tuple[tuple[str, tuple[type, ...], bool], ...]
 _TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,)}
-_CHECKS: dict[int, tuple[UseCaseSpec, tuple[tuple[str, tuple[type, ...], bool], ...]]] = {}
+_CHECKS: dict[int, tuple[UseCaseSpec, Checks]] = {}
 
 
-def _field_checks(spec: UseCaseSpec) -> tuple[tuple[str, tuple[type, ...], bool], ...]:
+def _field_checks(spec: UseCaseSpec) -> Checks:
     """(field, accepted types, required) of every field a feature reads, once per spec."""
     cached = _CHECKS.get(id(spec))
     if cached is None or cached[0] is not spec:
@@ -57,7 +59,8 @@ def _field_checks(spec: UseCaseSpec) -> tuple[tuple[str, tuple[type, ...], bool]
     return cached[1]
 
 
-def decode_event(value: bytes | None, spec: UseCaseSpec) -> tuple[str, dict[str, Any]] | None:
+def decode_event(value: bytes | None, spec: UseCaseSpec,
+                 checks: Checks | None = None) -> tuple[str, dict[str, Any]] | None:
     """(entity id, slim event) or None if the bytes are not an event the features can read.
 
     Why not the full contract: ingestion validated every events.valid record; re-running
@@ -69,17 +72,18 @@ def decode_event(value: bytes | None, spec: UseCaseSpec) -> tuple[str, dict[str,
     except codec.JSONDecodeError as exc:
         log.warning("skipping invalid events.valid record: %s", str(exc)[:200])
         return None
-    problem = _problem(data, spec)
+    checks = _field_checks(spec) if checks is None else checks
+    problem = _problem(data, checks)
     if problem:
         log.warning("skipping invalid events.valid record: %s", problem)
         return None
     slim = {"event_id": data["event_id"], "event_time": float(data["event_time"])}
-    for name, _, _ in _field_checks(spec):
+    for name, _, _ in checks:
         slim[name] = data.get(name)
     return data["entity_id"], slim
 
 
-def _problem(data: Any, spec: UseCaseSpec) -> str | None:
+def _problem(data: Any, checks: Checks) -> str | None:
     if not isinstance(data, dict):
         return "not a JSON object"
     if data.get("schema_version", 1) != 1:
@@ -90,7 +94,7 @@ def _problem(data: Any, spec: UseCaseSpec) -> str | None:
     t = data.get("event_time")
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
         return "event_time must be a finite number of epoch seconds"
-    for name, types, required in _field_checks(spec):
+    for name, types, required in checks:
         v = data.get(name)
         if v is None:
             if required:
@@ -104,7 +108,7 @@ def _problem(data: Any, spec: UseCaseSpec) -> str | None:
 
 def decode_batch(records: Iterable[RawRecord], applied: Mapping[int, int], spec: UseCaseSpec) -> Decoded:
     """Skip records at or below their partition's applied offset; decode the rest."""
-    out = Decoded()
+    out, checks = Decoded(), _field_checks(spec)
     for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
         if rec.offset <= applied.get(rec.partition, -1):
             out.redelivered += 1
@@ -114,7 +118,7 @@ def decode_batch(records: Iterable[RawRecord], applied: Mapping[int, int], spec:
             log.error("partition %d: offsets %d..%d were never applied", rec.partition,
                       applied[rec.partition] + 1, rec.offset - 1)
         out.offsets[rec.partition] = max(out.offsets.get(rec.partition, -1), rec.offset)
-        decoded = decode_event(rec.value, spec)
+        decoded = decode_event(rec.value, spec, checks)
         if decoded is None:
             out.invalid += 1
             continue

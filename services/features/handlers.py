@@ -32,8 +32,8 @@ from shared.spec import UseCaseSpec
 
 __all__ = [
     "BatchPlan", "Decoded", "LateRecord", "RawRecord", "apply_events", "batch_features_for_entity", "chunks",
-    "compute_features", "decode_batch", "decode_event", "feature_hash", "late_dead_letter", "merge_events",
-    "plan_batch", "resume_positions", "slim_event",
+    "compute_features", "decode_batch", "decode_event", "feature_fields", "feature_hash", "late_dead_letter",
+    "merge_events", "plan_batch", "resume_positions", "slim_event",
 ]
 log = logging.getLogger(__name__)
 
@@ -190,16 +190,27 @@ def merge_into(window: Window, new: Sequence[Event], lateness: float) -> tuple[l
 
 def feature_hash(values: Mapping[str, float | None], at: float, now: float) -> dict[str, str]:
     """The Redis hash of one entity: each present feature as a JSON number (None fields
-    omitted), plus the event time it is at and the write's wall time.
+    omitted), plus the event time it is at and the write's wall time."""
+    flat = feature_fields(values, at, now)
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def feature_fields(values: Mapping[str, float | None], at: float, now: float) -> list[str]:
+    """:func:`feature_hash` flat (field, value, field, value, ...): the script's HSET arguments.
 
     Why orjson: formatting 15 floats with ``str`` was a twentieth of the service's CPU;
     orjson writes the same shortest round-trip numbers (``float(text) == value``) ~8x faster.
     It writes null for a non-finite number: those fall back to ``str`` ("inf")."""
     names = [name for name, v in values.items() if v is not None]
-    names += [EVENT_TIME_FIELD, WRITTEN_AT_FIELD]
-    numbers = [float(values[name]) for name in names[:-2]] + [float(at), float(now)]  # type: ignore[arg-type]
+    numbers = [float(values[name]) for name in names]  # type: ignore[arg-type]
+    names += (EVENT_TIME_FIELD, WRITTEN_AT_FIELD)
+    numbers += (float(at), float(now))
     texts = codec.dumps(numbers).decode()[1:-1].split(",")
-    return {name: str(x) if text == "null" else text for name, x, text in zip(names, numbers, texts)}
+    if "null" in texts:
+        texts = [str(x) if text == "null" else text for x, text in zip(numbers, texts)]
+    flat = names + texts
+    flat[::2], flat[1::2] = names, texts
+    return flat
 
 
 def parse_buffer(raw: bytes | str | None) -> list[dict[str, Any]]:

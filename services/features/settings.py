@@ -29,6 +29,8 @@ class FeaturesSettings(RivuletSettings):
     # bounded by it, whatever the number of entities; misses are read from Redis.
     state_cache_entities: int = 50_000
     # ... and at most this many events in those windows (a window of a long window keeps all
-    # its entity's events: this bound, ~1 KB each with its columns, keeps RSS flat over a long
-    # run; the same as the entity bound: one event per cached entity on average).
-    state_cache_events: int = 50_000
+    # its entity's events: this bound keeps RSS flat over a long run). ~0.6 KB each with its
+    # columns (measured), so ~120 MB at most. Set it above the working set (events in the
+    # windows of the entities active at once): below it, every batch rereads windows from
+    # Redis (measured with 2,000 entities of 50 events: 46 instead of 28 us of CPU per event).
+    state_cache_events: int = 200_000

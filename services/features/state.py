@@ -51,9 +51,15 @@ class Window:
 
     @classmethod
     def of(cls, partition: int, events: Iterable[Event]) -> Window:
+        """Built in bulk (a cache miss, e.g. an entity read back from Redis): one sort, no
+        per-event insert; as :meth:`add` would, the first of an ``event_id`` in order wins."""
         window = cls(partition)
-        for event in sorted(events, key=sort_key):
-            window.add(dict(event))
+        for key, event in sorted(((sort_key(e), e) for e in events), key=_first):
+            if key[1] not in window.ids:
+                window.ids.add(key[1])
+                window.keys.append(key)
+                window.events.append(dict(event))
+        window.times = [key[0] for key in window.keys]
         return window
 
     @property
@@ -104,6 +110,10 @@ class Window:
         for name in numeric_fields(spec) - self.num.keys():
             self.num[name] = [numeric(v) for v in self.raw[name]]
         return evaluate_columns(self.times, self.raw, self.num, self.newest, spec)
+
+
+def _first(pair: tuple[tuple[float, str], Event]) -> tuple[float, str]:
+    return pair[0]
 
 
 class Cache:

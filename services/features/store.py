@@ -30,7 +30,7 @@ from services.features.handlers import (
     LateRecord,
     RawRecord,
     decode_batch,
-    feature_hash,
+    feature_fields,
     plan_windows,
 )
 from services.features.state import Cache, Window
@@ -177,7 +177,7 @@ class FeatureStore:
         now = self.clock()
         for entity, values in plan.features.items():
             keys += [redis_keys.features(self.spec, entity), redis_keys.window_events(self.spec, entity)]
-            fields = [x for kv in feature_hash(values, plan.at[entity], now).items() for x in kv]
+            fields = feature_fields(values, plan.at[entity], now)
             absent = [name for name, v in values.items() if v is None]  # a feature hash has no others
             added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
             entities.append([fields, added, plan.removed[entity], absent])

@@ -115,3 +115,19 @@ def test_cache_is_bounded_by_the_events_its_windows_hold() -> None:
     for name in "abc":
         unbounded.put(name, _window(50))
     assert unbounded.trim() == 1 and unbounded.events == 100
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.sampled_from([0.0, 1.0, 2.5]), st.floats(-5, 5)), max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_window_built_in_bulk_equals_one_event_at_a_time(rows: list[tuple[int, float, float]]) -> None:
+    """A cache miss builds a window in one sort; it must be the window ``add`` would build
+    (canonical order, the first of an event_id in that order kept), columns included."""
+    events = [{"event_id": f"e{i}", "event_time": t, "amount": a} for i, t, a in rows]  # ids repeat
+    one_by_one = Window(3)
+    for event in sorted(events, key=lambda e: (e["event_time"], e["event_id"])):
+        one_by_one.add(dict(event))
+    bulk = Window.of(3, events)
+    assert (bulk.keys, bulk.events, bulk.times, bulk.ids) == (one_by_one.keys, one_by_one.events,
+                                                              one_by_one.times, one_by_one.ids)
+    if events:  # (a window is evaluated at its newest event: never empty)
+        assert bulk.features(SPEC) == one_by_one.features(SPEC)
