@@ -15,6 +15,9 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     print(f"(b) ingestion+features->Redis  : {b['steady_events_per_s']:9.0f} events/s sustained"
           f" ({b['events_per_s']:.0f}/s whole run); (b)/(a) = {t['b_over_a_sustained']:.2f} sustained"
           f" (target >= 0.5: {'met' if t['b_over_a_met'] else 'MISSED'}), {t['b_over_a_whole_run']:.2f} whole run")
+    if rounds := report.get("throughput_rounds"):
+        print(f"    (b)/(a) sustained in each of {len(rounds)} rounds (the median one above): "
+              + ", ".join(f"{r['b_over_a_sustained']:.2f}" for r in rounds))
     cpu = b["cpu_us_per_event"]
     print(f"    CPU us/event: baseline {a['cpu_us_per_event']:.0f} (+ broker {a['broker_cpu_us_per_event']:.0f});"
           f" ingestion {cpu['ingestion']:.0f}, features {cpu['features']:.0f}, broker {cpu['broker']:.0f},"

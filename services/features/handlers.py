@@ -170,21 +170,22 @@ def plan_windows(decoded: Decoded, windows: Mapping[str, Window], spec: UseCaseS
 
 
 def merge_into(window: Window, new: Sequence[Event], lateness: float) -> tuple[list[dict[str, Any]], list[tuple[Event, float]]]:
-    """Add ``new`` (in arrival order) to ``window``: (events added, (late event, newest))."""
+    """Add ``new`` (in arrival order) to ``window``: (events added, (late event, newest)).
+    The events are added as they are, not copied: events are never mutated once decoded."""
     added: list[dict[str, Any]] = []
     late: list[tuple[Event, float]] = []
     late_ids: set[str] = set()
+    ids, times = window.ids, window.times
     for event in new:
-        if event["event_id"] in window.ids or event["event_id"] in late_ids:
+        if event["event_id"] in ids or event["event_id"] in late_ids:
             continue
-        newest = window.newest
+        newest = times[-1] if times else float("-inf")
         if float(event["event_time"]) < newest - lateness:
             late_ids.add(event["event_id"])  # a late event's duplicate is not reported twice
             late.append((event, newest))
             continue
-        event = dict(event)
-        window.add(event)
-        added.append(event)
+        window.add(event)  # type: ignore[arg-type]
+        added.append(event)  # type: ignore[arg-type]
     return added, late
 
 
