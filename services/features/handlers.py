@@ -175,11 +175,10 @@ def merge_into(window: Window, new: Sequence[Event], lateness: float) -> tuple[l
     added: list[dict[str, Any]] = []
     late: list[tuple[Event, float]] = []
     late_ids: set[str] = set()
-    ids, times = window.ids, window.times
     for event in new:
-        if event["event_id"] in ids or event["event_id"] in late_ids:
+        if event["event_id"] in window.ids or event["event_id"] in late_ids:
             continue
-        newest = times[-1] if times else float("-inf")
+        newest = window.newest
         if float(event["event_time"]) < newest - lateness:
             late_ids.add(event["event_id"])  # a late event's duplicate is not reported twice
             late.append((event, newest))

@@ -70,7 +70,7 @@ class Window:
         """Insert in canonical order; False if this event_id is already here."""
         if event["event_id"] in self.ids:
             return False
-        key = (float(event["event_time"]), str(event["event_id"]))  # sort_key, inlined: per event
+        key = sort_key(event)
         if self.keys and key < self.keys[-1]:
             pos = bisect_left(self.keys, key)
             self.keys.insert(pos, key)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from shared.spec import UseCaseSpec
@@ -81,25 +82,12 @@ def numeric(value: Any) -> float | None:
 
 def raw_fields(spec: UseCaseSpec) -> frozenset[str]:
     """The event fields the features read."""
-    return _fields(spec)[0]
+    return _compiled(spec).raw
 
 
 def numeric_fields(spec: UseCaseSpec) -> frozenset[str]:
     """The fields read as numbers (sum, mean, std, min, max, last)."""
-    return _fields(spec)[1]
-
-
-_FIELDS: dict[int, tuple[UseCaseSpec, tuple[frozenset[str], frozenset[str]]]] = {}
-
-
-def _fields(spec: UseCaseSpec) -> tuple[frozenset[str], frozenset[str]]:
-    """Computed once per spec object (specs are loaded once and never mutated)."""
-    cached = _FIELDS.get(id(spec))
-    if cached is None or cached[0] is not spec:
-        raw = frozenset(f.field for f in spec.features if f.field)
-        cached = _FIELDS[id(spec)] = (spec, (raw, frozenset(f.field for f in spec.features
-                                                           if f.field and f.agg in _NUMERIC)))
-    return cached[1]
+    return _compiled(spec).numeric
 
 
 def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], num: Mapping[str, Sequence[float | None]],
@@ -116,7 +104,8 @@ def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], n
     out: dict[str, float | None] = {}
     n = len(times)
     memo: dict[tuple[str, int], dict[str, float | None]] = {}  # (field, window start) -> agg -> value
-    for sliding, length, hop, outputs in _plan(spec):
+    plan = _compiled(spec)
+    for sliding, length, hop, outputs in plan.groups:
         if sliding:  # (at - W, at]; hopping and tumbling: [start, at] (module doc)
             lo = bisect_right(times, at - length)
         else:
@@ -125,7 +114,7 @@ def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], n
             if fld is not None:
                 values = memo.get((fld, lo))
                 if values is None:
-                    values = memo[(fld, lo)] = _field_aggregates(raw[fld], num.get(fld), lo, _aggs_of(spec)[fld])
+                    values = memo[(fld, lo)] = _field_aggregates(raw[fld], num.get(fld), lo, plan.aggs[fld])
                 value = values[agg]
             elif agg == "count":
                 value = float(n - lo) or None
@@ -171,37 +160,43 @@ def _field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, l
 _Output = tuple[str, str, str | None, float | None]
 # Per window definition: (sliding, window, hop, the features over it).
 _Group = tuple[bool, float, float, tuple[_Output, ...]]
-_PLANS: dict[int, tuple[UseCaseSpec, list[_Group], dict[str, _FieldAggs]]] = {}
 
 
-def _plan(spec: UseCaseSpec) -> list[_Group]:
-    return _compiled(spec)[1]
+@dataclass(frozen=True)
+class _Plan:
+    """A spec's features, resolved once per spec object (specs are loaded once, never mutated)."""
+
+    spec: UseCaseSpec
+    groups: list[_Group]  # by window definition: one bisection per group
+    aggs: dict[str, _FieldAggs]  # field -> what the spec aggregates of it (time_since_last reads none)
+    raw: frozenset[str]  # the event fields the features read
+    numeric: frozenset[str]  # ... and those read as numbers
 
 
-def _aggs_of(spec: UseCaseSpec) -> dict[str, _FieldAggs]:
-    """field -> every aggregation the spec makes of it (time_since_last reads no field)."""
-    return _compiled(spec)[2]
+_PLANS: dict[int, _Plan] = {}
 
 
-def _compiled(spec: UseCaseSpec) -> tuple[UseCaseSpec, list[_Group], dict[str, _FieldAggs]]:
-    """The spec's features grouped by window definition (one bisection per group), once per spec."""
+def _compiled(spec: UseCaseSpec) -> _Plan:
     cached = _PLANS.get(id(spec))
-    if cached is None or cached[0] is not spec:
-        groups: dict[tuple[str, float, float], list[_Output]] = {}
-        aggs: dict[str, set[str]] = {}
-        for feat in spec.features:
-            hop = feat.window if feat.kind == "tumbling" else float(feat.hop or feat.window)
-            fld = None if feat.agg == "time_since_last" else feat.field
-            if fld is not None:
-                aggs.setdefault(fld, set()).add(feat.agg)
-            key = (feat.kind, float(feat.window), 0.0 if feat.kind == "sliding" else hop)
-            groups.setdefault(key, []).append((feat.name, feat.agg, fld, feat.default))
-        plan = [(kind == "sliding", length, hop, tuple(outs)) for (kind, length, hop), outs in groups.items()]
-        by_field = {f: _FieldAggs(tuple(sorted(a & _NUMERIC.keys())), bool(a & {"sum", "mean"}),
-                                  tuple(sorted(a & _SINGLE_PASS)), "count" in a, "distinct_count" in a)
-                    for f, a in aggs.items()}
-        cached = _PLANS[id(spec)] = (spec, plan, by_field)
-    return cached
+    if cached is not None and cached.spec is spec:
+        return cached
+    groups: dict[tuple[str, float, float], list[_Output]] = {}
+    aggs: dict[str, set[str]] = {}
+    for feat in spec.features:
+        hop = feat.window if feat.kind == "tumbling" else float(feat.hop or feat.window)
+        fld = None if feat.agg == "time_since_last" else feat.field
+        if fld is not None:
+            aggs.setdefault(fld, set()).add(feat.agg)
+        key = (feat.kind, float(feat.window), 0.0 if feat.kind == "sliding" else hop)
+        groups.setdefault(key, []).append((feat.name, feat.agg, fld, feat.default))
+    by_field = {f: _FieldAggs(tuple(sorted(a & _NUMERIC.keys())), bool(a & {"sum", "mean"}),
+                              tuple(sorted(a & _SINGLE_PASS)), "count" in a, "distinct_count" in a)
+                for f, a in aggs.items()}
+    plan = _PLANS[id(spec)] = _Plan(
+        spec, [(kind == "sliding", length, hop, tuple(outs)) for (kind, length, hop), outs in groups.items()],
+        by_field, frozenset(f.field for f in spec.features if f.field),
+        frozenset(f.field for f in spec.features if f.field and f.agg in _NUMERIC))
+    return plan
 
 
 def _std_of(nums: list[float]) -> float:
