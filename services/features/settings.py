@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from shared.config import RivuletSettings
 
 
@@ -15,6 +17,9 @@ class FeaturesSettings(RivuletSettings):
     batch_size: int = 500
     # ... and of at most batch_max_events events (bounds the events one write adds).
     batch_max_events: int = 1000
+    # Chunk writes (Lua scripts) in flight at once while the next chunk is planned: more
+    # absorb the swings of Redis' share of the CPU; each is at most ~10 ms of Redis time.
+    write_depth: int = Field(default=2, ge=1)
     # Longest time the broker may hold a fetch with no data (lower: fresher features).
     fetch_max_wait_ms: int = 5
     # How often faust commits acked offsets (Redis offsets make redelivery harmless).

@@ -1,7 +1,8 @@
-"""The applier's pipelined path (plan chunk k+1 while chunk k's script runs), in-process
-against a real Redis: results stay exact, chunks are acked in order once written, a stop
-request writes nothing more, and a writer racing it (Conflicts mid-pipeline) is survived
-by falling back to one chunk at a time, still exact."""
+"""The applier's pipelined path (plan chunk k+1 while up to ``write_depth`` earlier chunks'
+scripts run), in-process against a real Redis, at depth 1 and 2: results stay exact, chunks
+are acked in order once written, a stop request writes nothing beyond the writes already in
+flight, and a writer racing it (Conflicts mid-pipeline) is survived by falling back to one
+chunk at a time, still exact."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from services.features.applier import Applier
@@ -21,9 +23,9 @@ from tests.integration.test_features_store import GROUP, SPEC, expected, records
 
 
 @asynccontextmanager
-async def applier_and_redis(redis_url: str) -> AsyncIterator[tuple[Applier, Redis]]:
+async def applier_and_redis(redis_url: str, depth: int) -> AsyncIterator[tuple[Applier, Redis]]:
     """An applier (on the test spec) and a Redis client of its own for the checks."""
-    settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01)
+    settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01, write_depth=depth)
     settings.__dict__["use_case"] = SPEC  # the test spec instead of the file's
     applier, r = Applier(settings), Redis.from_url(redis_url)
     try:
@@ -37,23 +39,35 @@ def chunked(recs: list[RawRecord], size: int) -> list[list[RawRecord]]:
     return [recs[i:i + size] for i in range(0, len(recs), size)]
 
 
-async def assert_exact_up_to(r: Redis, events: list[dict[str, Any]], chunk: Sequence[RawRecord]) -> None:
-    """Every entity of ``chunk`` holds the batch engine's features of the events so far
-    (windows span ~30 events, chunks 20-25: a lost or doubled chunk shows)."""
-    so_far = events[:chunk[-1].offset + 1]
-    for entity in {e["entity_id"] for e in events[chunk[0].offset:chunk[-1].offset + 1]}:
-        assert await stored(r, entity) == expected(so_far, entity)
+async def assert_exact_snapshot(r: Redis, events: list[dict[str, Any]], chunk: Sequence[RawRecord]) -> None:
+    """The entities of ``chunk`` hold the batch engine's features of every event Redis has
+    applied, read between two equal readings of the applied offset (scripts are atomic; with
+    writes in flight the next one may land during a reading: then read again)."""
+    entities = {e["entity_id"] for e in events[chunk[0].offset:chunk[-1].offset + 1]}
+    for _ in range(5):
+        before = (await applied_offsets(r, SPEC, GROUP))[0]
+        got = {entity: await stored(r, entity) for entity in entities}
+        if (await applied_offsets(r, SPEC, GROUP))[0] == before:
+            assert got == {entity: expected(events[:before + 1], entity) for entity in entities}
+            return
+    raise AssertionError("Redis moved on during every reading")
 
 
-async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: ServerProcess) -> None:
-    async with applier_and_redis(redis_server.url) as (applier, r):
+DEPTHS = pytest.mark.parametrize("depth", [1, 2])
+
+
+@DEPTHS
+async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: ServerProcess, depth: int) -> None:
+    async with applier_and_redis(redis_server.url, depth) as (applier, r):
         events, recs = records(300, seed=5)
         chunks = chunked(recs, 25)
         acked: list[int] = []
 
         async def done(chunk: Sequence[RawRecord]) -> bool:
-            assert (await applied_offsets(r, SPEC, GROUP))[0] == chunk[-1].offset  # written, next not yet
-            await assert_exact_up_to(r, events, chunk)
+            k = chunks.index(list(chunk))
+            written = (await applied_offsets(r, SPEC, GROUP))[0]  # this chunk, at most depth - 1 more
+            assert chunk[-1].offset <= written <= chunks[min(k + depth - 1, len(chunks) - 1)][-1].offset
+            await assert_exact_snapshot(r, events, chunk)
             acked.append(chunk[-1].offset)
             return True
 
@@ -62,38 +76,48 @@ async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: Serve
         assert await applied_offsets(r, SPEC, GROUP) == {0: 299}
         for entity in ("c0", "c1", "c2"):
             assert await stored(r, entity) == expected(events, entity)
+        assert applier.fallbacks == 0
 
 
-async def test_stop_writes_nothing_after_the_refused_chunk(redis_server: ServerProcess) -> None:
-    async with applier_and_redis(redis_server.url) as (applier, r):
-        _, recs = records(100, seed=6)
+@DEPTHS
+async def test_stop_writes_nothing_after_the_refused_chunk(redis_server: ServerProcess, depth: int) -> None:
+    async with applier_and_redis(redis_server.url, depth) as (applier, r):
+        events, recs = records(100, seed=6)
         chunks = chunked(recs, 10)
 
         async def done(chunk: Sequence[RawRecord]) -> bool:
             return chunk[-1].offset < 39  # refuses the 4th chunk (offsets 30..39)
 
         await applier.apply_chunks(chunks, done)
-        assert await applied_offsets(r, SPEC, GROUP) == {0: 39}  # the 5th was planned, never written
+        # Depth 1: the 5th was planned, never written; depth 2: it was in flight, the 6th never written.
+        last = 39 + 10 * (depth - 1)
+        assert await applied_offsets(r, SPEC, GROUP) == {0: last}
         assert len(applier.cache) == 0  # its optimistic plan was dropped
+        for entity in ("c0", "c1", "c2"):  # what was written is exact
+            assert await stored(r, entity) == expected(events[:last + 1], entity)
 
 
-async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: ServerProcess) -> None:
-    async with applier_and_redis(redis_server.url) as (applier, r):
+@DEPTHS
+async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: ServerProcess, depth: int) -> None:
+    async with applier_and_redis(redis_server.url, depth) as (applier, r):
         events, recs = records(400, seed=7)
         chunks = chunked(recs, 20)
         rival = FeatureStore(r, SPEC, GROUP, Cache(100))
         acked: list[int] = []
 
         async def done(chunk: Sequence[RawRecord]) -> bool:
-            await assert_exact_up_to(r, events, chunk)
             acked.append(chunk[-1].offset)
-            k = next(i for i, c in enumerate(chunks) if c[-1].offset == chunk[-1].offset)
-            if k % 4 == 0 and k + 1 < len(chunks):  # the partition's next owner applies the next chunk first
-                await rival.apply(chunks[k + 1])
+            k = chunks.index(list(chunk))
+            if k % 4 == 0:  # the partition's next owner applies the chunk after Redis' applied offset
+                applied = (await applied_offsets(r, SPEC, GROUP))[0]
+                following = [c for c in chunks if c[0].offset == applied + 1]
+                if following:
+                    await rival.apply(following[0])
             return True
 
         await applier.apply_chunks(chunks, done)
-        assert applier.fallbacks == 1  # the first Conflict; then one chunk at a time
+        # Every intervention makes one of the two writers conflict: at depth 1 ours, at once.
+        assert applier.fallbacks == 1 if depth == 1 else applier.fallbacks + rival.conflicts >= 1
         assert acked == [c[-1].offset for c in chunks]  # every chunk acked once, in order
         assert await applied_offsets(r, SPEC, GROUP) == {0: 399}
         for entity in ("c0", "c1", "c2"):
