@@ -109,20 +109,24 @@ class Applier:
             _log_plan(plan, len(chunk))
             return await done(chunk)
 
+        async def finish_until(in_flight: int) -> bool:
+            """Finish the oldest writes until at most ``in_flight`` remain; False: stopped
+            (those in flight land unacked: redelivered later, skipped)."""
+            while len(writing) > in_flight:
+                if not await finish_oldest():
+                    await settle()
+                    return False
+            return True
+
         try:
             for chunk in chunks:
                 prepared = await self.store.prepare(chunk, self._send_late, settle)
-                while len(writing) >= self.settings.write_depth:
-                    if not await finish_oldest():
-                        await settle()  # those in flight land unacked: redelivered later, skipped
-                        self.cache.clear()  # holds the plan of a chunk that will not be written
-                        return
+                if not await finish_until(self.settings.write_depth - 1):
+                    self.cache.clear()  # holds the plan of a chunk that will not be written
+                    return
                 after = writing[-1][2] if writing else None
                 writing.append((chunk, prepared.plan, asyncio.ensure_future(self._write_after(after, prepared))))
-            while writing:
-                if not await finish_oldest():
-                    await settle()
-                    return
+            await finish_until(0)
         except BaseException as exc:
             tasks = [task for _, _, task in writing]
             if tasks:

@@ -107,8 +107,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     return True
 
                 if batch and not self._moved(generation):
-                    s = self.settings
-                    await applier.apply_chunks(list(chunks(batch, s.batch_max_events, s.batch_size)), done)
+                    settings = self.settings
+                    await applier.apply_chunks(
+                        list(chunks(batch, settings.batch_max_events, settings.batch_size)), done)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise
