@@ -1,7 +1,7 @@
 """Applies batches of ``events.valid`` records to Redis, in order, never giving up.
 
-Owns the Redis client, the late-events producer and the :class:`FeatureStore` (with its
-window cache). A batch runs as its own task, shielded from the caller: a rebalance or a
+Owns the Redis client, the late-events producer, the :class:`FeatureStore` (with its
+window cache) and the :class:`ScriptPipe` its pipelined writes are queued on. A batch runs as its own task, shielded from the caller: a rebalance or a
 shutdown that cancels the drain loop lets the in-flight write finish (bounded by
 ``shutdown_grace_s``) instead of tearing the Redis connection mid-script; either way Redis
 stays exact, since the write is one compare-and-set script and redelivery is skipped.
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,13 +30,24 @@ from services.features.handlers import (
 )
 from services.features.settings import FeaturesSettings
 from services.features.state import Cache
-from services.features.store import Conflict, FeatureStore, Prepared
+from services.features.pipe import ScriptPipe
+from services.features.store import Conflict, FeatureStore, check_reply
 from shared.kafka import Out, make_producer, publish
 from shared.topics import EVENTS_LATE
 
 log = logging.getLogger("services.features")
 # Called once a chunk is in Redis (acks it); False: stop before writing the next one.
 Done = Callable[[Sequence[RawRecord]], Awaitable[bool]]
+
+
+@dataclass
+class _Write:
+    """A planned chunk in the pipeline: its script sent (unless nothing was new), its reply read."""
+
+    chunk: Sequence[RawRecord]
+    plan: BatchPlan
+    sent: bool
+    landed: bool = False
 
 
 class Applier:
@@ -48,6 +60,7 @@ class Applier:
                            settings.state_cache_events)
         self.redis = Redis.from_url(settings.redis_url)
         self.store = FeatureStore(self.redis, spec, settings.group_id, self.cache)
+        self.pipe = ScriptPipe(self.redis, self.store.script)
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.inflight: asyncio.Future[Any] | None = None
         self.fallbacks = 0  # pipelined batches that went on one chunk at a time after a failure
@@ -64,8 +77,8 @@ class Applier:
     async def apply_chunks(self, chunks: Sequence[Sequence[RawRecord]], done: Done) -> None:
         """Apply ``chunks`` in order, calling ``done(chunk)`` once each is in Redis (it acks;
         False stops before the next write, e.g. after a rebalance; writes already in flight
-        land). Each chunk is planned while earlier ones' scripts run in Redis, one at a time
-        and in order: only the CPU work overlaps the wait (see ``_pipeline``)."""
+        land). Each chunk is planned while earlier ones' scripts run in Redis, in order: the
+        planning overlaps the writes (see ``_pipeline``)."""
         await self._settle()
         self.inflight = asyncio.ensure_future(self._chunks_until_done(chunks, done))
         await asyncio.shield(self.inflight)
@@ -85,36 +98,39 @@ class Applier:
 
     async def _pipeline(self, chunks: Sequence[Sequence[RawRecord]], done: Done,
                         finished: list[Sequence[RawRecord]]) -> None:
-        """Plan chunk k+1 while up to ``write_depth`` earlier chunks are written, in order;
-        any failure clears the window cache (it was updated as if every planned write
-        succeeded) once no write is in flight.
+        """Plan chunk k+1 while up to ``write_depth`` earlier chunks' scripts are queued or
+        running in Redis, in order (one connection: see :mod:`services.features.pipe`); any
+        failure clears the window cache (it was updated as if every planned write succeeded)
+        once no write is in flight.
 
-        Why more than one write in flight: Redis shares the 2 cores with the services and the
+        Why more than one in flight: Redis shares the 2 cores with the services and the
         broker, so a script's wall time swings (measured: 26 ms for 8 ms of CPU); with one in
-        flight the planner waited for it a third of its time. Each script is sent once the one
-        before it replied (``_write_after``), so they run in order; were they not, the
-        compare-and-set would fail and the batch would go on one chunk at a time."""
-        writing: deque[tuple[Sequence[RawRecord], BatchPlan, asyncio.Future[None]]] = deque()
+        flight the planner waited for it a third of its time. A script whose predecessor
+        failed fails its compare-and-set where it depends on it (same partition); one that
+        does not is right on its own, and the rest is replanned from Redis anyway."""
+        pipe, writing = self.pipe, deque[_Write]()
+
+        async def land(write: _Write) -> None:
+            """Read ``write``'s reply (every earlier one was read): Conflict if refused."""
+            if write.sent and not write.landed:
+                write.landed = True
+                check_reply(await pipe.receive())
 
         async def settle() -> None:
-            for _, _, task in list(writing):
-                await task
-
-        async def finish_oldest() -> bool:
-            """Once the oldest write landed: log and ack its chunk; False: stop."""
-            chunk, plan, task = writing[0]
-            await task
-            writing.popleft()
-            finished.append(chunk)
-            _log_plan(plan, len(chunk))
-            return await done(chunk)
+            """Before a read of Redis: every sent script has run (a failed one raises)."""
+            for write in writing:
+                await land(write)
 
         async def finish_until(in_flight: int) -> bool:
-            """Finish the oldest writes until at most ``in_flight`` remain; False: stopped
-            (those in flight land unacked: redelivered later, skipped)."""
+            """Ack the oldest chunks once written until at most ``in_flight`` remain; False:
+            stopped (those in flight land unacked: redelivered later, skipped)."""
             while len(writing) > in_flight:
-                if not await finish_oldest():
-                    await settle()
+                await land(writing[0])
+                write = writing.popleft()
+                finished.append(write.chunk)
+                _log_plan(write.plan, len(write.chunk))
+                if not await done(write.chunk):
+                    await pipe.drain()
                     return False
             return True
 
@@ -124,32 +140,18 @@ class Applier:
                 if not await finish_until(self.settings.write_depth - 1):
                     self.cache.clear()  # holds the plan of a chunk that will not be written
                     return
-                after = writing[-1][2] if writing else None
-                writing.append((chunk, prepared.plan, asyncio.ensure_future(self._write_after(after, prepared))))
+                sent = bool(prepared.plan.offsets)  # nothing to write if all was redelivery
+                if sent:
+                    await pipe.send(*self.store.script_call(prepared))
+                writing.append(_Write(chunk, prepared.plan, sent))
             await finish_until(0)
         except BaseException as exc:
-            tasks = [task for _, _, task in writing]
-            if tasks:
-                if isinstance(exc, asyncio.CancelledError):
-                    for task in tasks:
-                        task.cancel()  # as a cancelled single write is (the script is all or nothing)
-                await asyncio.wait(tasks)  # never two writers
-                for task in tasks:
-                    if not task.cancelled():
-                        task.exception()  # retrieved: the caller's retry handles the failure
+            if isinstance(exc, asyncio.CancelledError):
+                await pipe.reset()  # replies out of step; sent scripts run whole or not at all
+            else:
+                await pipe.drain()  # never two writers
             self.cache.clear()
             raise
-
-    async def _write_after(self, previous: asyncio.Future[None] | None, prepared: Prepared) -> None:
-        """Write ``prepared`` once ``previous`` landed (its failure is this one's: a script
-        planned on top of an unwritten one would only fail its compare-and-set)."""
-        if previous is not None:
-            await asyncio.wait([previous])
-            if previous.cancelled():
-                raise asyncio.CancelledError
-            if (exc := previous.exception()) is not None:
-                raise exc
-        await self.store.write(prepared)
 
     async def forget(self) -> None:
         """After an assignment: windows of other partitions may have changed in Redis."""
@@ -158,6 +160,7 @@ class Applier:
 
     async def stop(self) -> None:
         await self._settle()
+        await self.pipe.close()
         await self.redis.aclose()
         await self.producer.stop()
 

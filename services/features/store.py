@@ -148,7 +148,24 @@ class FeatureStore:
         """The batch's one script (nothing if it was all redelivery); Conflict if the
         applied offsets it expects are not Redis' any more."""
         if prepared.plan.offsets:
-            await self._write(prepared.plan, prepared.expected)
+            keys, args = self.script_call(prepared)
+            check_reply(await self.script(keys=keys, args=args))
+
+    def script_call(self, prepared: Prepared) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the script writing ``prepared`` (see ``APPLY_LUA``)."""
+        plan, expected = prepared.plan, prepared.expected
+        keys = [self.offsets_key]
+        entities = []
+        now = self.clock()
+        for entity, values in plan.features.items():
+            keys += [redis_keys.features(self.spec, entity), redis_keys.window_events(self.spec, entity)]
+            fields = feature_fields(values, plan.at[entity], now)
+            absent = [name for name, v in values.items() if v is None]  # a feature hash has no others
+            added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
+            entities.append([fields, added, plan.removed[entity], absent])
+        offsets = [[str(p), _expected(expected.get(p)), str(o)] for p, o in plan.offsets.items()]
+        ttl = max(1, math.ceil(self.spec.features_config.entity_ttl))
+        return keys, [ttl, orjson.dumps({"o": offsets, "e": entities})]
 
     async def _windows(self, partitions: dict[str, int], settle: Settle | None = None) -> dict[str, Window]:
         """Cached windows, plus the misses read from Redis in one pipelined round trip."""
@@ -171,21 +188,10 @@ class FeatureStore:
                 windows[entity] = Window.of(partitions[entity], _parse_events(values))
         return windows
 
-    async def _write(self, plan: BatchPlan, expected: dict[int, int | None]) -> None:
-        keys = [self.offsets_key]
-        entities = []
-        now = self.clock()
-        for entity, values in plan.features.items():
-            keys += [redis_keys.features(self.spec, entity), redis_keys.window_events(self.spec, entity)]
-            fields = feature_fields(values, plan.at[entity], now)
-            absent = [name for name, v in values.items() if v is None]  # a feature hash has no others
-            added = [x for e in plan.added[entity] for x in (e["event_id"], orjson.dumps(e).decode())]
-            entities.append([fields, added, plan.removed[entity], absent])
-        offsets = [[str(p), _expected(expected.get(p)), str(o)] for p, o in plan.offsets.items()]
-        ttl = max(1, math.ceil(self.spec.features_config.entity_ttl))
-        result = await self.script(keys=keys, args=[ttl, orjson.dumps({"o": offsets, "e": entities})])
-        if int(result[0]) != 1:
-            raise Conflict(result[1].decode() if isinstance(result[1], bytes) else result[1])
+def check_reply(reply: Any) -> None:
+    """The script's reply: Conflict if it wrote nothing (a partition's offset had moved)."""
+    if int(reply[0]) != 1:
+        raise Conflict(reply[1].decode() if isinstance(reply[1], bytes) else reply[1])
 
 
 def _expected(offset: int | None) -> str:

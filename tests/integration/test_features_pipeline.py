@@ -1,8 +1,8 @@
 """The applier's pipelined path (plan chunk k+1 while up to ``write_depth`` earlier chunks'
 scripts run), in-process against a real Redis, at depth 1 and 2: results stay exact, chunks
 are acked in order once written, a stop request writes nothing beyond the writes already in
-flight, and a writer racing it (Conflicts mid-pipeline) is survived by falling back to one
-chunk at a time, still exact."""
+flight, and a writer racing it (Conflicts mid-pipeline) or lost connections are survived by
+falling back to one chunk at a time, still exact."""
 
 from __future__ import annotations
 
@@ -120,5 +120,26 @@ async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: Se
         assert applier.fallbacks == 1 if depth == 1 else applier.fallbacks + rival.conflicts >= 1
         assert acked == [c[-1].offset for c in chunks]  # every chunk acked once, in order
         assert await applied_offsets(r, SPEC, GROUP) == {0: 399}
+        for entity in ("c0", "c1", "c2"):
+            assert await stored(r, entity) == expected(events, entity)
+
+
+@DEPTHS
+async def test_lost_connections_mid_pipeline_fall_back_and_stay_exact(redis_server: ServerProcess, depth: int) -> None:
+    async with applier_and_redis(redis_server.url, depth) as (applier, r):
+        events, recs = records(200, seed=8)
+        chunks = chunked(recs, 20)
+        acked: list[int] = []
+
+        async def done(chunk: Sequence[RawRecord]) -> bool:
+            acked.append(chunk[-1].offset)
+            if len(acked) == 3:  # every connection of the applier, its queued scripts' too
+                await r.client_kill_filter(_type="normal", skipme=True)
+            return True
+
+        await applier.apply_chunks(chunks, done)
+        assert applier.fallbacks == 1
+        assert acked == [c[-1].offset for c in chunks]
+        assert await applied_offsets(r, SPEC, GROUP) == {0: 199}
         for entity in ("c0", "c1", "c2"):
             assert await stored(r, entity) == expected(events, entity)
