@@ -15,6 +15,7 @@ each assignment) goes to Redis' applied offset + 1; the Kafka commit only follow
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -93,12 +94,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return committed
 
     async def _drain_messages(self, fetcher: Any) -> None:
-        """faust's drain loop, a batch at a time: fetch, apply to Redis, ack, repeat."""
+        """faust's drain loop, a batch at a time: fetch, apply to Redis, ack, repeat; the
+        next fetch is awaited while a batch is applied (it was ~a tenth of the loop's time)."""
         applier = await self.applier()
         consumer_stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        upcoming: asyncio.Future[tuple[int, list[RawRecord]]] | None = None
         try:
             while not (consumer_stopped() or fetcher_stopped()):
-                generation, batch = self.app.consumer_generation_id, await self._next_batch()
+                generation, batch = await (upcoming or self._fetch_ahead())
+                upcoming = None
 
                 async def done(chunk: Sequence[RawRecord], generation: int = generation) -> bool:
                     if self._moved(generation):
@@ -107,6 +111,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     return True
 
                 if batch and not self._moved(generation):
+                    upcoming = self._fetch_ahead()
                     settings = self.settings
                     await applier.apply_chunks(
                         list(chunks(batch, settings.batch_max_events, settings.batch_size)), done)
@@ -114,6 +119,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if not self.transport.app.should_stop:
                 raise
             log.info("broker stopped the consumer; shutting down")
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+
+    def _fetch_ahead(self) -> asyncio.Future[tuple[int, list[RawRecord]]]:
+        """The next batch with the group generation it was fetched in (a batch of an older
+        one is dropped: faust's seek after the rebalance re-reads it from Redis' offsets)."""
+        async def fetch() -> tuple[int, list[RawRecord]]:
+            generation = self.app.consumer_generation_id
+            return generation, await self._next_batch()
+        return asyncio.ensure_future(fetch())
 
     def _moved(self, generation: int) -> bool:
         return not self.flow_active or self.app.consumer_generation_id != generation
