@@ -22,7 +22,8 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     print(f"    CPU us/event: baseline {a['cpu_us_per_event']:.0f} (+ broker {a['broker_cpu_us_per_event']:.0f});"
           f" ingestion {cpu['ingestion']:.0f}, features {cpu['features']:.0f}, broker {cpu['broker']:.0f},"
           f" redis {cpu['redis']:.0f}")
-    print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s (fresh broker): p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
+    print(f"(c) freshness at {c['rate_events_per_s']:.0f} ev/s (fresh broker; window cache"
+          f" {c.get('features_state_cache_events', 'default')} events): p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms"
           f" (target p99 <= 50 ms: {'met' if t['freshness_met'] else 'MISSED'}; {c['samples']} samples,"
           f" backlog at end {c['backlog_at_end']})")
     f = report["c_broker_floor"]

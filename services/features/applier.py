@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, KeysView, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -48,6 +48,11 @@ class _Write:
     plan: BatchPlan
     sent: bool
     landed: bool = False
+
+    @property
+    def entities(self) -> KeysView[str]:
+        """The entities the script writes."""
+        return self.plan.features.keys()
 
 
 class Applier:
@@ -116,9 +121,16 @@ class Applier:
                 write.landed = True
                 check_reply(await pipe.receive())
 
-        async def settle() -> None:
-            """Before a read of Redis: every sent script has run (a failed one raises)."""
-            for write in writing:
+        async def settle(entities: Collection[str] | None) -> None:
+            """Before a read of Redis: the sent scripts that write any of ``entities`` (None:
+            any script) have run, and those before them (a failed one raises). Why not all:
+            an entity seen for the first time (a cache miss) is in no write, so its read need
+            not wait for Redis to run the queue (it did for every chunk with a new entity)."""
+            last = -1
+            for i, write in enumerate(writing):
+                if entities is None or not write.entities.isdisjoint(entities):
+                    last = i
+            for write in list(writing)[:last + 1]:
                 await land(write)
 
         async def finish_until(in_flight: int) -> bool:

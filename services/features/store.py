@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,9 @@ return {1}
 """
 
 
-Settle = Callable[[], Awaitable[None]]
+# Awaited before a Redis read while writes may be in flight: returns once every write that
+# touches the given entities (None: any write) has landed.
+Settle = Callable[[Collection[str] | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,11 @@ class FeatureStore:
                       settle: Settle | None = None) -> Prepared:
         """Plan a batch on the cache as if every write before it succeeds: the cache is
         updated now (a failed write must be followed by ``cache.clear()``, as ``apply``
-        does). ``settle`` is awaited before any Redis read: the caller's write in flight
-        must land first, or the read could miss it (pipelining, see the applier)."""
+        does). ``settle`` is awaited before any Redis read: the caller's writes in flight
+        of what is read must land first, or the read could miss them (see the applier)."""
         if not self.cache.known:
             if settle is not None:
-                await settle()
+                await settle(None)
             self.cache.set_applied(await applied_offsets(self.redis, self.spec, self.group))
         decoded = decode_batch(records, self.cache.applied, self.spec)
         windows = await self._windows(decoded.partitions, settle)
@@ -179,7 +181,7 @@ class FeatureStore:
                 windows[entity] = window
         if misses:
             if settle is not None:
-                await settle()
+                await settle(misses)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for entity in misses:
                     pipe.hvals(redis_keys.window_events(self.spec, entity))

@@ -15,17 +15,20 @@ from redis.asyncio import Redis
 
 from services.features.applier import Applier
 from services.features.handlers import RawRecord
+from services.features.pipe import ScriptPipe
 from services.features.settings import FeaturesSettings
 from services.features.state import Cache
 from services.features.store import FeatureStore, applied_offsets
 from shared.embedded import ServerProcess
+from shared import codec
 from tests.integration.test_features_store import GROUP, SPEC, expected, records, stored
 
 
 @asynccontextmanager
-async def applier_and_redis(redis_url: str, depth: int) -> AsyncIterator[tuple[Applier, Redis]]:
-    """An applier (on the test spec) and a Redis client of its own for the checks."""
-    settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01, write_depth=depth)
+async def applier_and_redis(redis_url: str, depth: int, cached: int = 50_000) -> AsyncIterator[tuple[Applier, Redis]]:
+    """An applier (on the test spec, caching ``cached`` windows) and a Redis client of its own for the checks."""
+    settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01, write_depth=depth,
+                                state_cache_entities=cached)
     settings.__dict__["use_case"] = SPEC  # the test spec instead of the file's
     applier, r = Applier(settings), Redis.from_url(redis_url)
     try:
@@ -143,3 +146,66 @@ async def test_lost_connections_mid_pipeline_fall_back_and_stay_exact(redis_serv
         assert await applied_offsets(r, SPEC, GROUP) == {0: 199}
         for entity in ("c0", "c1", "c2"):
             assert await stored(r, entity) == expected(events, entity)
+
+
+@DEPTHS
+async def test_a_window_read_back_waits_for_the_writes_of_its_entity(
+        redis_server: ServerProcess, monkeypatch: pytest.MonkeyPatch, depth: int) -> None:
+    """A one-window cache: each chunk's entities were evicted while their writes were in
+    flight, so they are read back from Redis, which must wait for those writes. Scripts are
+    held back until a reply is awaited (as a busy Redis would leave them queued), so a read
+    that does not wait sees the entity's window without its last write."""
+    held: list[tuple[Sequence[Any], Sequence[Any]]] = []
+    send, receive = ScriptPipe.send, ScriptPipe.receive
+
+    async def hold(pipe: ScriptPipe, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        held.append((keys, args))
+        pipe.unread += 1
+
+    async def release_then_receive(pipe: ScriptPipe) -> Any:
+        while held:
+            pipe.unread -= 1
+            await send(pipe, *held.pop(0))
+        return await receive(pipe)
+
+    monkeypatch.setattr(ScriptPipe, "send", hold)
+    monkeypatch.setattr(ScriptPipe, "receive", release_then_receive)
+    async with applier_and_redis(redis_server.url, depth, cached=1) as (applier, r):
+        events, recs = records(240, seed=9)
+        chunks = chunked(recs, 8)
+
+        async def done(chunk: Sequence[RawRecord]) -> bool:
+            await assert_exact_snapshot(r, events, chunk)
+            return True
+
+        await applier.apply_chunks(chunks, done)
+        assert applier.fallbacks == 0 and applier.cache.misses > 50
+        for entity in ("c0", "c1", "c2"):
+            assert await stored(r, entity) == expected(events, entity)
+
+
+async def test_new_entities_are_read_without_waiting_for_the_queue(
+        redis_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk is of entities never seen (all cache misses): their reads need not wait,
+    so the next script is sent with the previous one still unread (queued in Redis)."""
+    unread_at_send: list[int] = []
+    send = ScriptPipe.send
+
+    async def spy(pipe: ScriptPipe, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        unread_at_send.append(pipe.unread)
+        await send(pipe, keys, args)
+
+    monkeypatch.setattr(ScriptPipe, "send", spy)
+    events = [{"schema_version": 1, "event_id": f"e{i}", "entity_id": f"n{i // 4}", "event_time": 1000.0 + i,
+               "amount": float(i % 7), "cat": "a"} for i in range(80)]
+    recs = [RawRecord(0, i, codec.dumps(e)) for i, e in enumerate(events)]
+    async with applier_and_redis(redis_server.url, 2) as (applier, r):
+        await applier.apply_chunks(chunked(recs, 4), _accept)
+        assert unread_at_send == [0] + [1] * 19
+        assert applier.cache.misses == 20
+        for entity in ("n0", "n7", "n19"):
+            assert await stored(r, entity) == expected(events, entity)
+
+
+async def _accept(chunk: Sequence[RawRecord]) -> bool:
+    return True
