@@ -55,6 +55,46 @@ class _Write:
         return self.plan.features.keys()
 
 
+class _Writes:
+    """One batch's chunks whose scripts were sent on the pipe, oldest first: their replies
+    are read in order (``land``), then the chunks acked in order (``finish_until``)."""
+
+    def __init__(self, pipe: ScriptPipe, done: Done, finished: list[Sequence[RawRecord]]) -> None:
+        self.pipe, self.done, self.finished = pipe, done, finished
+        self.queue: deque[_Write] = deque()
+
+    async def land(self, write: _Write) -> None:
+        """Read ``write``'s reply (every earlier one was read): Conflict if refused."""
+        if write.sent and not write.landed:
+            write.landed = True
+            check_reply(await self.pipe.receive())
+
+    async def settle(self, entities: Collection[str] | None) -> None:
+        """Before a read of Redis: the sent scripts that write any of ``entities`` (None: any
+        script) have run, and those before them (a failed one raises). Why not all: an entity
+        seen for the first time (a cache miss) is in no write, so its read need not wait for
+        Redis to run the queue (it did for every chunk with a new entity)."""
+        last = -1
+        for i, write in enumerate(self.queue):
+            if entities is None or not write.entities.isdisjoint(entities):
+                last = i
+        for write in list(self.queue)[:last + 1]:
+            await self.land(write)
+
+    async def finish_until(self, in_flight: int) -> bool:
+        """Ack the oldest chunks once written until at most ``in_flight`` remain; False:
+        stopped (those in flight land unacked: redelivered later, skipped)."""
+        while len(self.queue) > in_flight:
+            await self.land(self.queue[0])
+            write = self.queue.popleft()
+            self.finished.append(write.chunk)
+            _log_plan(write.plan, len(write.chunk))
+            if not await self.done(write.chunk):
+                await self.pipe.drain()
+                return False
+        return True
+
+
 class Applier:
     """One batch at a time into Redis; ``forget`` drops the window cache between batches."""
 
@@ -113,55 +153,23 @@ class Applier:
         flight the planner waited for it a third of its time. A script whose predecessor
         failed fails its compare-and-set where it depends on it (same partition); one that
         does not is right on its own, and the rest is replanned from Redis anyway."""
-        pipe, writing = self.pipe, deque[_Write]()
-
-        async def land(write: _Write) -> None:
-            """Read ``write``'s reply (every earlier one was read): Conflict if refused."""
-            if write.sent and not write.landed:
-                write.landed = True
-                check_reply(await pipe.receive())
-
-        async def settle(entities: Collection[str] | None) -> None:
-            """Before a read of Redis: the sent scripts that write any of ``entities`` (None:
-            any script) have run, and those before them (a failed one raises). Why not all:
-            an entity seen for the first time (a cache miss) is in no write, so its read need
-            not wait for Redis to run the queue (it did for every chunk with a new entity)."""
-            last = -1
-            for i, write in enumerate(writing):
-                if entities is None or not write.entities.isdisjoint(entities):
-                    last = i
-            for write in list(writing)[:last + 1]:
-                await land(write)
-
-        async def finish_until(in_flight: int) -> bool:
-            """Ack the oldest chunks once written until at most ``in_flight`` remain; False:
-            stopped (those in flight land unacked: redelivered later, skipped)."""
-            while len(writing) > in_flight:
-                await land(writing[0])
-                write = writing.popleft()
-                finished.append(write.chunk)
-                _log_plan(write.plan, len(write.chunk))
-                if not await done(write.chunk):
-                    await pipe.drain()
-                    return False
-            return True
-
+        writes = _Writes(self.pipe, done, finished)
         try:
             for chunk in chunks:
-                prepared = await self.store.prepare(chunk, self._send_late, settle)
-                if not await finish_until(self.settings.write_depth - 1):
+                prepared = await self.store.prepare(chunk, self._send_late, writes.settle)
+                if not await writes.finish_until(self.settings.write_depth - 1):
                     self.cache.clear()  # holds the plan of a chunk that will not be written
                     return
                 sent = bool(prepared.plan.offsets)  # nothing to write if all was redelivery
                 if sent:
-                    await pipe.send(*self.store.script_call(prepared))
-                writing.append(_Write(chunk, prepared.plan, sent))
-            await finish_until(0)
+                    await self.pipe.send(*self.store.script_call(prepared))
+                writes.queue.append(_Write(chunk, prepared.plan, sent))
+            await writes.finish_until(0)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
-                await pipe.reset()  # replies out of step; sent scripts run whole or not at all
+                await self.pipe.reset()  # replies out of step; sent scripts run whole or not at all
             else:
-                await pipe.drain()  # never two writers
+                await self.pipe.drain()  # never two writers
             self.cache.clear()
             raise
 
