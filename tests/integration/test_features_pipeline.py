@@ -56,6 +56,12 @@ async def assert_exact_snapshot(r: Redis, events: list[dict[str, Any]], chunk: S
     raise AssertionError("Redis moved on during every reading")
 
 
+async def assert_all_exact(r: Redis, events: list[dict[str, Any]]) -> None:
+    """Every entity of ``records`` holds the batch engine's features of ``events``."""
+    for entity in ("c0", "c1", "c2"):
+        assert await stored(r, entity) == expected(events, entity)
+
+
 DEPTHS = pytest.mark.parametrize("depth", [1, 2])
 
 
@@ -77,8 +83,7 @@ async def test_pipelined_chunks_are_exact_and_acked_in_order(redis_server: Serve
         await applier.apply_chunks(chunks, done)
         assert acked == [c[-1].offset for c in chunks]
         assert await applied_offsets(r, SPEC, GROUP) == {0: 299}
-        for entity in ("c0", "c1", "c2"):
-            assert await stored(r, entity) == expected(events, entity)
+        await assert_all_exact(r, events)
         assert applier.fallbacks == 0
 
 
@@ -96,8 +101,7 @@ async def test_stop_writes_nothing_after_the_refused_chunk(redis_server: ServerP
         last = 39 + 10 * (depth - 1)
         assert await applied_offsets(r, SPEC, GROUP) == {0: last}
         assert len(applier.cache) == 0  # its optimistic plan was dropped
-        for entity in ("c0", "c1", "c2"):  # what was written is exact
-            assert await stored(r, entity) == expected(events[:last + 1], entity)
+        await assert_all_exact(r, events[:last + 1])  # what was written is exact
 
 
 @DEPTHS
@@ -123,8 +127,7 @@ async def test_racing_writer_conflicts_fall_back_and_stay_exact(redis_server: Se
         assert applier.fallbacks == 1 if depth == 1 else applier.fallbacks + rival.conflicts >= 1
         assert acked == [c[-1].offset for c in chunks]  # every chunk acked once, in order
         assert await applied_offsets(r, SPEC, GROUP) == {0: 399}
-        for entity in ("c0", "c1", "c2"):
-            assert await stored(r, entity) == expected(events, entity)
+        await assert_all_exact(r, events)
 
 
 @DEPTHS
@@ -144,8 +147,7 @@ async def test_lost_connections_mid_pipeline_fall_back_and_stay_exact(redis_serv
         assert applier.fallbacks == 1
         assert acked == [c[-1].offset for c in chunks]
         assert await applied_offsets(r, SPEC, GROUP) == {0: 199}
-        for entity in ("c0", "c1", "c2"):
-            assert await stored(r, entity) == expected(events, entity)
+        await assert_all_exact(r, events)
 
 
 @DEPTHS
@@ -180,8 +182,7 @@ async def test_a_window_read_back_waits_for_the_writes_of_its_entity(
 
         await applier.apply_chunks(chunks, done)
         assert applier.fallbacks == 0 and applier.cache.misses > 50
-        for entity in ("c0", "c1", "c2"):
-            assert await stored(r, entity) == expected(events, entity)
+        await assert_all_exact(r, events)
 
 
 async def test_new_entities_are_read_without_waiting_for_the_queue(
