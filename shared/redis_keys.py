@@ -9,7 +9,7 @@ key                                type    contents
 ``rv:{fs}:f:{entity}``             hash    online features of one entity: one field per feature
                                            (JSON numbers as strings), plus ``_event_time`` (event
                                            time of the last applied event) and ``_written_at``
-                                           (wall time of the write). TTL = ``entity_ttl``.
+                                           (wall time of the write, Redis' clock). TTL = ``entity_ttl``.
                                            /predict reads it in one round trip (a Lua
                                            script returning the hashes as JSON).
 ``rv:{fs}:wh:{entity}``            hash    the entity's window: event_id -> JSON of the (slim)

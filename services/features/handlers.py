@@ -197,6 +197,7 @@ def feature_hash(values: Mapping[str, float | None], at: float, now: float) -> d
 
 def feature_fields(values: Mapping[str, float | None], at: float, now: float) -> list[str]:
     """:func:`feature_hash` flat (field, value, field, value, ...): the script's HSET arguments.
+    The last pair is the write time (the write script replaces ``now`` with Redis' clock).
 
     Why orjson: formatting 15 floats with ``str`` was a twentieth of the service's CPU;
     orjson writes the same shortest round-trip numbers (``float(text) == value``) ~8x faster.

@@ -44,10 +44,14 @@ LateSink = Callable[[Sequence[LateRecord]], Awaitable[None]]
 # KEYS[1]: applied offsets hash; KEYS[2i], KEYS[2i+1]: features and window hash of entity i.
 # ARGV[1]: TTL (s); ARGV[2]: JSON {"o": [[partition, expected or "", new], ...],
 #   "e": [[feature fields (flat), added events (flat id, json), removed ids, absent features], ...]}.
+# The feature fields end with the write time (``feature_fields``); the script sets it to Redis'
+# clock when it runs: a script may wait in the connection's queue behind earlier ones.
 # Returns {1} when applied, {0, partition} when that partition's offset was not as expected.
 APPLY_LUA = """
 local ttl = ARGV[1]
 local batch = cjson.decode(ARGV[2])
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
 for _, o in ipairs(batch.o) do
   local cur = redis.call('HGET', KEYS[1], o[1])
   if (o[2] == '' and cur) or (o[2] ~= '' and cur ~= o[2]) then return {0, o[1]} end
@@ -58,6 +62,7 @@ local function chunked(cmd, key, list)
 end
 for i, e in ipairs(batch.e) do
   local fkey, wkey = KEYS[2 * i], KEYS[2 * i + 1]
+  e[1][#e[1]] = now
   chunked('HSET', fkey, e[1])
   if #e[4] > 0 then redis.call('HDEL', fkey, unpack(e[4])) end
   redis.call('EXPIRE', fkey, ttl)

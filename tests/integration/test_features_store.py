@@ -142,3 +142,17 @@ async def test_concurrent_writers_converge(redis_server: ServerProcess) -> None:
     finally:
         for c in clients:
             await c.aclose()
+
+
+async def test_the_write_time_is_redis_clock_when_the_script_runs(redis_server: ServerProcess) -> None:
+    """The client's clock (here a fake, 1.0) is not the write time: a script may wait in
+    the connection's queue behind others."""
+    r = Redis.from_url(redis_server.url)
+    try:
+        _, recs = records(6, seed=3)
+        await apply_batch(r, recs, SPEC, GROUP, clock=lambda: 1.0)
+        seconds, micros = await r.time()
+        written = float(await r.hget(redis_keys.features(SPEC, "c0"), redis_keys.WRITTEN_AT_FIELD))
+        assert seconds + micros / 1e6 - 5 < written <= seconds + micros / 1e6
+    finally:
+        await r.aclose()
