@@ -1,10 +1,11 @@
 """Applies batches of ``events.valid`` records to Redis, in order, never giving up.
 
 Owns the Redis client, the late-events producer, the :class:`FeatureStore` (with its
-window cache) and the :class:`ScriptPipe` its pipelined writes are queued on. A batch runs as its own task, shielded from the caller: a rebalance or a
-shutdown that cancels the drain loop lets the in-flight write finish (bounded by
-``shutdown_grace_s``) instead of tearing the Redis connection mid-script; either way Redis
-stays exact, since the write is one compare-and-set script and redelivery is skipped.
+window cache) and the :class:`ScriptPipe` its pipelined writes are queued on. A batch
+runs as its own task, shielded from the caller: a rebalance or a shutdown that cancels the
+drain loop lets the in-flight write finish (bounded by ``shutdown_grace_s``) instead of
+tearing the Redis connection mid-script; either way Redis stays exact, since the write is
+one compare-and-set script and redelivery is skipped.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Collection, KeysView, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -46,8 +47,12 @@ class _Write:
 
     chunk: Sequence[RawRecord]
     plan: BatchPlan
-    sent: bool
     landed: bool = False
+
+    @property
+    def sent(self) -> bool:
+        """A chunk of redelivered records only has no script."""
+        return bool(self.plan.offsets)
 
     @property
     def entities(self) -> KeysView[str]:
@@ -160,10 +165,10 @@ class Applier:
                 if not await writes.finish_until(self.settings.write_depth - 1):
                     self.cache.clear()  # holds the plan of a chunk that will not be written
                     return
-                sent = bool(prepared.plan.offsets)  # nothing to write if all was redelivery
-                if sent:
+                write = _Write(chunk, prepared.plan)
+                if write.sent:
                     await self.pipe.send(*self.store.script_call(prepared))
-                writes.queue.append(_Write(chunk, prepared.plan, sent))
+                writes.queue.append(write)
             await writes.finish_until(0)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):

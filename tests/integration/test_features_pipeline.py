@@ -25,8 +25,10 @@ from tests.integration.test_features_store import GROUP, SPEC, expected, records
 
 
 @asynccontextmanager
-async def applier_and_redis(redis_url: str, depth: int, cached: int = 50_000) -> AsyncIterator[tuple[Applier, Redis]]:
-    """An applier (on the test spec, caching ``cached`` windows) and a Redis client of its own for the checks."""
+async def applier_and_redis(redis_url: str, depth: int,
+                            cached: int = 50_000) -> AsyncIterator[tuple[Applier, Redis]]:
+    """An applier (on the test spec, caching ``cached`` windows) and a Redis client of its
+    own for the checks."""
     settings = FeaturesSettings(redis_url=redis_url, group_id=GROUP, retry_backoff_s=0.01, write_depth=depth,
                                 state_cache_entities=cached)
     settings.__dict__["use_case"] = SPEC  # the test spec instead of the file's
