@@ -8,9 +8,10 @@ state: champion, versions, which trigger ids were already answered (the ``trigge
 every model event), the budget used (``train`` decisions of the last hour), the labeled
 rows. Then it decides: bootstrap while the baseline serves, drift incidents (per the spec's
 drift rules), the performance floor, the schedule, new labels, retrain requests. One
-training at a time, in a child process (spare children are started ahead, so a trigger does
-not wait for an interpreter start); later triggers merge into the pending/running one when
-its window answers them, and a drift incident preempts a running routine refresh.
+training at a time (``training.py``), in a child process (spare children are started
+ahead, so a trigger does not wait for an interpreter start); later triggers merge into the
+pending/running one when its window answers them, and a drift incident preempts a running
+routine refresh.
 
 Produces ``retrain.decisions`` (every decision, skip, deferral and training step) and
 ``models`` events (``registered`` + ``promoted`` -- strategy ``shadow`` when
@@ -32,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from pydantic import ValidationError
 
 from services.retrain import decisions as rd
-from services.retrain import guards, policy, registry, rows, trainer
+from services.retrain import guards, policy, registry, rows, training
 from services.retrain import handlers as h
 from services.retrain.settings import RetrainSettings, code_version
 from shared import codec
@@ -74,7 +75,7 @@ class Retrain:
         self.backlog: list[DriftAlert | RetrainRequest] = []
         self.metrics: MetricsRecord | None = None  # the newest measured overall record not yet judged
         self.training: asyncio.Task[None] | None = None
-        self.spares: list[asyncio.subprocess.Process] = []  # warm trainer children, oldest first
+        self.spares = training.Spares(settings.spec, settings.retrain_hash_seed, settings.retrain_warm_workers)
         self.stopping = False
         self.producer: AIOKafkaProducer | None = None
         self.outbox: list[RetrainDecision] = []
@@ -215,7 +216,7 @@ class Retrain:
     async def train(self, trigger: h.Trigger, waited_out: bool) -> None:
         """The training task; whatever happens, the controller is free again afterwards."""
         try:
-            await self.train_and_publish(trigger, waited_out)
+            await training.train_and_publish(self, trigger, waited_out)
         except asyncio.CancelledError:
             if trigger.closed or self.stopping:
                 raise
@@ -227,109 +228,7 @@ class Retrain:
             log.exception("retrain for %s failed before publishing", trigger.label)
         finally:
             self.state.in_flight = None
-        await self.warm_up()  # (if the first training had none) -- not when cancelled (shutdown)
-
-    async def warm_up(self) -> None:
-        """Keep ``retrain_warm_workers`` spare trainer children started (importing takes
-        seconds on a loaded machine; two cover back-to-back trainings and a preemption)."""
-        self.spares = [p for p in self.spares if p.returncode is None]
-        while len(self.spares) < self.settings.retrain_warm_workers:
-            try:
-                self.spares.append(await trainer.spawn(self.settings.spec, self.settings.retrain_hash_seed))
-            except OSError:
-                log.exception("could not start a spare trainer child; the next training starts its own")
-                return
-
-    def take_spare(self) -> asyncio.subprocess.Process | None:
-        """The oldest live spare (the most likely to have finished importing)."""
-        self.spares = [p for p in self.spares if p.returncode is None]
-        return self.spares.pop(0) if self.spares else None
-
-    async def train_and_publish(self, trigger: h.Trigger, waited_out: bool) -> None:
-        s, spec = self.settings, self.spec
-        plan = policy.plan_window(self.buffer.eligible(None), trigger, self.state, spec)
-        if waited_out:
-            plan.notes.insert(0, f"waited {spec.retrain.change_point_max_wait:.0f}s for labels after the change point")
-        window = plan.window()
-        self.emit(rd.step("train", trigger, time.time(), code=plan.basis, policy=plan.mode, window=window,
-                          message=f"v{trigger.version}: {plan.mode} on {len(plan.train)} rows ({plan.basis}), "
-                                  f"{len(plan.holdout)} holdout, {len(plan.replay)} replay"
-                                  + (f", recency-weighted (half-life {plan.half_life} rows)" if plan.half_life else "")
-                                  + (f"; {'; '.join(plan.notes)}" if plan.notes else "")))
-        champion = self.state.promoted.get(trigger.champion) if trigger.champion else None
-        job = trainer.make_job(plan.train, plan.holdout, champion, s.model_secret.get_secret_value(),
-                               spec.model.threshold, plan.replay, plan.parent, spec.monitoring.slices,
-                               plan.half_life)
-        self.emit(rd.step("started", trigger, time.time(), policy=plan.mode, progress=0.0,
-                          message=f"training worker started for v{trigger.version}"))
-        await self.flush()
-        result: dict[str, Any] | str
-        try:
-            # The spare is replaced once this training is over (``train``), not now: an
-            # interpreter importing River beside it would slow the very training a drift
-            # incident waits for; a second spare covers a back-to-back trigger meanwhile.
-            worker = self.take_spare()
-            result = await trainer.run_in_child(job, s.spec, s.retrain_hash_seed, s.retrain_timeout_s,
-                                                on_progress=lambda e, n: self.progress(trigger, e, n), proc=worker)
-            self.emit(rd.step("finished", trigger, time.time(), policy=plan.mode, progress=1.0,
-                              message=f"artifact sha256 {result['sha256']}", metrics=result["metrics"]))
-        except Exception as exc:
-            log.error("training for %s failed: %s", trigger.label, exc, exc_info=not isinstance(
-                exc, trainer.TrainingFailed))
-            result = f"training failed: {str(exc)[:300]}"
-            self.emit(rd.step("failed", trigger, time.time(), code="training_failed", message=result))
-        await self.publish_outcome(trigger, result, plan)
-
-    async def progress(self, trigger: h.Trigger, epoch: int, epochs: int) -> None:
-        self.emit(rd.step("progress", trigger, time.time(), progress=epoch / epochs, part=epoch,
-                          message=f"epoch {epoch}/{epochs}"))
-        await self.flush()
-
-    def outcome_events(self, trigger: h.Trigger, result: dict[str, Any] | str, plan: policy.Plan) -> list[ModelEvent]:
-        """``result`` is the trainer's answer, or the reason training failed."""
-        now, window = time.time(), plan.window()
-        version = trigger.version if trigger.version and trigger.version > self.state.max_version \
-            else self.state.max_version + 1
-        trigger.version = version
-        lineage = policy.lineage(plan, self.spec, self.code_version, result if isinstance(result, dict) else None)
-        if isinstance(result, str):
-            return [h.failure_event(trigger, version, trigger.champion, result, window, now, lineage)]
-        if self.state.champion != trigger.champion:
-            reason = f"champion changed during training (v{trigger.champion} -> v{self.state.champion})"
-            self.emit(rd.step("rejected", trigger, now, code="champion_changed", message=reason, reasons=(reason,)))
-            return [h.failure_event(trigger, version, trigger.champion, reason, window, now, lineage)]
-        passed, reasons, summary = policy.judge(result, self.spec)
-        reason = f"{'passed' if passed else 'rejected'}: {summary}; champion scored as {result['champion_source']}"
-        if reasons:
-            reason += "; failed: " + " | ".join(reasons)
-        lineage["reasons"] = tuple(reasons)
-        strategy = "shadow" if passed and self.spec.rollout.enabled else None
-        self.emit(rd.step("passed" if passed else "rejected", trigger, now, code="gate", message=reason,
-                          policy=plan.mode, metrics=policy.finite_metrics(result["metrics"]), reasons=tuple(reasons)))
-        log.info("v%d for %s %s", version, trigger.label, reason)
-        return h.model_events(result, trigger, version, trigger.champion, passed, reason, window,
-                              self.spec.model.threshold, now, lineage, strategy)
-
-    async def publish_outcome(self, trigger: h.Trigger, result: dict[str, Any] | str, plan: policy.Plan) -> None:
-        """Publish until acked (retrying), then fold the events in at once so the next
-        version number is right even before ``models`` is read back."""
-        events = self.outcome_events(trigger, result, plan)
-        trigger.closed = True  # from here on, new triggers wait for the next training
-        outs = [Out(MODELS.name, codec.dumps(e.model_dump(mode="json")), str(e.version).encode())
-                for e in events]
-        while True:
-            try:
-                assert self.producer is not None
-                await publish(self.producer, outs)
-                break
-            except Exception:
-                log.exception("publishing v%d failed; retrying", events[0].version)
-                await asyncio.sleep(self.settings.retrain_publish_retry_s)
-        for ev in events:
-            self.on_model_event(ev)
-        await self.flush()
-        log.info("published %s for v%d (trigger %s)", "+".join(e.event for e in events),
-                 events[0].version, trigger.label)
+        await self.spares.fill()  # (if the first training had none) -- not when cancelled (shutdown)
 
     # -- wiring -------------------------------------------------------------------------
     async def open_consumer(self) -> tuple[AIOKafkaConsumer, dict[TopicPartition, int]]:
@@ -366,7 +265,7 @@ class Retrain:
         consumer, end = await self.open_consumer()
         self.producer = make_producer(s)
         await self.producer.start()
-        await self.warm_up()
+        await self.spares.fill()
         log.info("retrain started: spec %s, min_labels %d, window %d, metric %s, budget %d/h, rollout %s, code %s",
                  self.spec.name, r.min_labels, r.window, r.primary_metric, r.budget_per_hour,
                  "shadow first" if self.spec.rollout.enabled else "off", self.code_version)
@@ -385,8 +284,7 @@ class Retrain:
             self.stopping = True
             if self.training is not None and not self.training.done():
                 self.training.cancel()
-            for proc in self.spares:
-                await trainer.discard(proc)
+            await self.spares.discard_all()
             await self.flush()
             await consumer.stop()
             await self.producer.stop()
