@@ -25,7 +25,10 @@ Aggregations:
   of ``field`` (``std`` is the population standard deviation);
 * ``time_since_last`` is the gap (seconds) between the last two events in the window;
 * a window with no usable value yields the feature's spec ``default`` (may be None);
-  so does ``time_since_last`` with fewer than two events.
+  so do ``time_since_last`` with fewer than two events, and an aggregate whose
+  computation leaves the float range (a sum beyond 1.8e308; for ``std``, squares of
+  differences beyond it): a valid event never makes the engine raise. Bound such fields
+  with ``max`` in the spec when such values are errors.
 """
 
 from __future__ import annotations
@@ -145,8 +148,8 @@ def _field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, l
             values.update(dict.fromkeys(aggs.numeric))
         else:
             if aggs.total:
-                total = math.fsum(nums)
-                values["sum"], values["mean"] = total, total / len(nums)
+                total = exact_sum(nums)
+                values["sum"], values["mean"] = total, None if total is None else total / len(nums)
             for agg in aggs.single_pass:
                 values[agg] = _NUMERIC[agg](nums)  # type: ignore[arg-type]
     if aggs.count:
@@ -199,16 +202,36 @@ def _compiled(spec: UseCaseSpec) -> _Plan:
     return plan
 
 
-def _std_of(nums: list[float]) -> float:
-    """Population std, two-pass: stable for large values with small spread."""
-    mean = math.fsum(nums) / len(nums)
-    return math.sqrt(math.fsum((x - mean) ** 2 for x in nums) / len(nums))
+def exact_sum(nums: Iterable[float]) -> float | None:
+    """The correctly rounded sum; None beyond the float range (where fsum raises)."""
+    try:
+        return math.fsum(nums)
+    except OverflowError:
+        return None
+
+
+def _mean_of(nums: list[float]) -> float | None:
+    total = exact_sum(nums)
+    return None if total is None else total / len(nums)
+
+
+def _std_of(nums: list[float]) -> float | None:
+    """Population std, two-pass: stable for large values with small spread. None when a
+    step leaves the float range (values near 1e308, or squares beyond it)."""
+    mean = _mean_of(nums)
+    if mean is None:
+        return None
+    try:
+        var = math.fsum((x - mean) ** 2 for x in nums) / len(nums)
+    except OverflowError:
+        return None
+    return math.sqrt(var) if math.isfinite(var) else None
 
 
 # Aggregations of a field's numeric values in the window (None: no value).
 _NUMERIC: dict[str, Callable[[list[float]], float | None]] = {
-    "sum": lambda nums: math.fsum(nums) if nums else None,
-    "mean": lambda nums: math.fsum(nums) / len(nums) if nums else None,
+    "sum": lambda nums: exact_sum(nums) if nums else None,
+    "mean": lambda nums: _mean_of(nums) if nums else None,
     "std": lambda nums: _std_of(nums) if nums else None,
     "min": lambda nums: min(nums) if nums else None,
     "max": lambda nums: max(nums) if nums else None,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from services.features.handlers import (
+    Decoded,
     RawRecord,
     apply_events,
     batch_features_for_entity,
@@ -103,6 +104,23 @@ def test_time_since_last_needs_two_events_and_std_of_one_is_zero() -> None:
     assert got["gap10"] is None
     assert got["std10"] == 0.0
     assert got["last10"] == 3.0
+
+
+def test_aggregates_beyond_the_float_range_give_defaults_not_errors() -> None:
+    """Valid events near the float maximum (a spec without ``max`` on the field): the sum
+    overflows (fsum raises), so do std's squares; each such feature takes its default and
+    the rest stay exact, in both engines (a raise would stop the service on every retry)."""
+    spec = make_spec()
+    events = [ev(1, 95, 1e308), ev(2, 96, 1e308), ev(3, 99, -1.0)]
+    want = {"n10": 3.0, "sum10": 0.0, "mean10": None, "min10": -1.0, "max10": 1e308, "std10": None,
+            "last10": -1.0, "distinct10": 1.0, "gap10": 3.0, "n3": 1.0, "sum30": 0.0}
+    assert compute_features(events, 99.0, spec) == want
+    plan = plan_batch(Decoded(events={"c1": events}), {}, spec)
+    assert plan.features["c1"] == want
+    # Squares beyond the range with a finite sum: only std gives up.
+    got = compute_features([ev(1, 95, 1e200), ev(2, 96, -1e200)], 99.0, spec)
+    assert (got["std10"], got["sum10"], got["mean10"]) == (None, 0.0, 0.0)
+    assert compute_features([ev(1, 95, 1e300), ev(2, 96, 1e300)], 99.0, spec)["std10"] == 0.0
 
 
 def test_duplicates_count_once() -> None:
