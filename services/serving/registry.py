@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.batch_scoring import BatchScorer, batch_scorer
 from shared.contracts import ModelEvent
-from shared.modeling import (ArtifactRejected, BaselineModel, BatchScorer, Scorer, batch_scorer, load_verified,
-                             score, sha256)
+from shared.modeling import ArtifactRejected, BaselineModel, Scorer, load_verified, score, sha256
 from shared.spec import UseCaseSpec
 
 from services.serving.rollout import RouteState, Strategy, in_canary, transition

@@ -13,7 +13,7 @@ import pytest
 
 from services.serving.background import PredictionLog
 from services.serving.registry import LINEAGE_EXCLUDED, VECTORISE_FROM, ModelRegistry
-from shared import modeling
+from shared import batch_scoring, modeling
 from shared.contracts import ModelEvent, TrainingWindow
 from shared.spec import UseCaseSpec, load_spec
 
@@ -53,14 +53,14 @@ def test_vectorised_scores_equal_river_to_1e9(seed: int, log_numeric: bool) -> N
     spec = _spec(log_numeric=log_numeric, learning_rate=0.05 * seed)
     rng = random.Random(seed)
     model = modeling.train(spec, _rows(rng, spec, 400))
-    scorer = modeling.batch_scorer(model, spec)
+    scorer = batch_scoring.batch_scorer(model, spec)
     assert getattr(scorer, "__self__", None) is not None, "the linear pipeline must be vectorised"
     raws = [_raw(rng, spec) for _ in range(300)]
     fast = scorer(raws)
     slow = [modeling.score(model, raw, spec) for raw in raws]
     assert len(fast) == len(slow) and all(isinstance(p, float) for p in fast)
     assert max(abs(a - b) for a, b in zip(fast, slow)) <= 1e-9
-    assert modeling.score_many(model, raws, spec) == fast and scorer([]) == []
+    assert batch_scoring.score_many(model, raws, spec) == fast and scorer([]) == []
     assert len({round(p, 6) for p in fast}) > 10  # the model is not constant: the check means something
 
 
@@ -70,7 +70,7 @@ def test_vectorised_without_categorical_features() -> None:
     rng = random.Random(5)
     model = modeling.train(spec, _rows(rng, spec, 300))
     raws = [_raw(rng, spec) for _ in range(200)]
-    fast = modeling.batch_scorer(model, spec)(raws)
+    fast = batch_scoring.batch_scorer(model, spec)(raws)
     assert max(abs(a - modeling.score(model, r, spec)) for a, r in zip(fast, raws)) <= 1e-9
 
 
@@ -80,9 +80,9 @@ def test_other_learners_fall_back_to_river_row_by_row(kind: str) -> None:
     rng = random.Random(9)
     model = modeling.train(spec, _rows(rng, spec, 300))
     raws = [_raw(rng, spec) for _ in range(50)]
-    assert modeling.score_many(model, raws, spec) == [modeling.score(model, r, spec) for r in raws]
+    assert batch_scoring.score_many(model, raws, spec) == [modeling.score(model, r, spec) for r in raws]
     baseline = modeling.BaselineModel(SPEC.model.baseline)
-    assert modeling.score_many(baseline, raws, SPEC) == [modeling.score(baseline, r, SPEC) for r in raws]
+    assert batch_scoring.score_many(baseline, raws, SPEC) == [modeling.score(baseline, r, SPEC) for r in raws]
 
 
 def test_registry_compiles_the_batch_scorer_and_uses_it_only_for_many_rows() -> None:
