@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.features.handlers import (
     Decoded,
@@ -121,6 +123,22 @@ def test_aggregates_beyond_the_float_range_give_defaults_not_errors() -> None:
     got = compute_features([ev(1, 95, 1e200), ev(2, 96, -1e200)], 99.0, spec)
     assert (got["std10"], got["sum10"], got["mean10"]) == (None, 0.0, 0.0)
     assert compute_features([ev(1, 95, 1e300), ev(2, 96, 1e300)], 99.0, spec)["std10"] == 0.0
+
+
+_ANY_FLOAT = st.floats(allow_nan=False, allow_infinity=False)
+_UNBOUNDED = make_spec(lateness=1e308, kinds=True)  # no event is late; amount has no bounds
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_ANY_FLOAT, st.one_of(_ANY_FLOAT, st.integers(-(2**63), 2**63 - 1), st.booleans(),
+                                                 st.none())), min_size=1, max_size=8))
+def test_no_valid_event_makes_the_engine_raise(rows: list[tuple[float, Any]]) -> None:
+    """Any finite event time and amount (what decode lets through for a spec without
+    bounds), every window kind and aggregation: the engine plans, never raises."""
+    events = [{"event_id": f"e{i}", "entity_id": "c1", "event_time": t, "amount": a, "cat": "x"}
+              for i, (t, a) in enumerate(rows)]
+    plan = plan_batch(Decoded(events={"c1": events}), {}, _UNBOUNDED)
+    assert set(plan.features["c1"]) == {f.name for f in _UNBOUNDED.features}
 
 
 def test_duplicates_count_once() -> None:
