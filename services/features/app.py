@@ -9,8 +9,9 @@ in a bounded in-process cache, dropped on every assignment. Produces ``events.la
 events later than the allowed lateness, original bytes + reason headers (acked before
 the batch's Redis write, so none is lost).
 
-Features are computed by ``services.features.handlers.compute_features``, the same function
-batch code uses. Exactly-once effect: Redis offsets make any redelivery a no-op, and on
+Features are computed by the definition batch code uses
+(``services.features.handlers.compute_features``; large windows' aggregates kept running,
+equal by test: see :mod:`services.features.windows`). Exactly-once effect: Redis offsets make any redelivery a no-op, and on
 every partition assignment the consumer resumes right after the offset Redis says was
 applied (not at faust's commit, which may lag, or run ahead of Redis).
 

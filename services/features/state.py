@@ -24,13 +24,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.features.running import Running
 from services.features.windows import (
     Event,
     evaluate_columns,
+    field_aggregates,
     numeric,
     numeric_fields,
     raw_fields,
     sort_key,
+    window_plans,
 )
 from shared.spec import UseCaseSpec
 
@@ -48,6 +51,8 @@ class Window:
     times: list[float] = field(default_factory=list)
     raw: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, in key order
     num: dict[str, list[float | None]] = field(default_factory=dict)  # field -> numeric(values)
+    running: list[Running] = field(default_factory=list)  # per window definition of the spec
+    large: bool = False  # evaluated with Running.FILL_FROM events or more
 
     @classmethod
     def of(cls, partition: int, events: Iterable[Event]) -> Window:
@@ -81,6 +86,7 @@ class Window:
             for name, ncol in self.num.items():
                 ncol.insert(pos, numeric(event.get(name)))
         else:
+            pos = len(self.keys)
             self.keys.append(key)
             self.events.append(event)
             self.times.append(key[0])
@@ -88,6 +94,9 @@ class Window:
                 col.append(event.get(name))
             for name, ncol in self.num.items():
                 ncol.append(numeric(event.get(name)))
+        for running in self.running:
+            if running.filled:
+                running.inserted(pos, key[0], self.raw, self.num)
         self.ids.add(key[1])
         return True
 
@@ -97,6 +106,9 @@ class Window:
         if not n:
             return []
         gone = [k[1] for k in self.keys[:n]]
+        for running in self.running:
+            if running.filled:
+                running.pruning(n, self.times[n - 1], self.raw, self.num)
         del self.keys[:n], self.events[:n], self.times[:n]
         for col in (*self.raw.values(), *self.num.values()):
             del col[:n]
@@ -104,12 +116,35 @@ class Window:
         return gone
 
     def features(self, spec: UseCaseSpec) -> dict[str, float | None]:
-        """Every feature at the newest event time (the batch definition, no re-sort)."""
+        """Every feature at the newest event time (the batch definition, no re-sort), from
+        running aggregates: no pass over the window (see :mod:`services.features.running`)."""
         for name in raw_fields(spec) - self.raw.keys():
             self.raw[name] = [e.get(name) for e in self.events]
         for name in numeric_fields(spec) - self.num.keys():
             self.num[name] = [numeric(v) for v in self.raw[name]]
-        return evaluate_columns(self.times, self.raw, self.num, self.newest, spec)
+        n = len(self.times)
+        if n < Running.FILL_FROM or not (self.running or self.large):
+            # Small: the slices are cheaper (a window kept running may lag: safe). The first
+            # large evaluation too: filling costs more than a pass, and a window read back
+            # from Redis (a cache miss) may be evicted before its next evaluation.
+            self.large = n >= Running.FILL_FROM
+            return evaluate_columns(self.times, self.raw, self.num, self.newest, spec)
+        if not self.running:
+            self.running = [Running(fields, inclusive) for inclusive, fields in window_plans(spec)]
+        raw, num, running = self.raw, self.num, self.running
+        kept: dict[int, bool] = {}  # window definition -> answered from running aggregates
+
+        def aggregate(group: int, name: str, lo: int, start: float) -> dict[str, float | None]:
+            window, use = running[group], kept.get(group)
+            if use is None:  # once per evaluation; a small window's slice is cheaper
+                use = kept[group] = window.filled or n - lo >= Running.FILL_FROM
+                if use:
+                    window.advance(lo, start, raw, num)
+            if use:
+                return window.aggregates(name, raw, num)
+            return field_aggregates(raw[name], num.get(name), lo, window.fields[name].aggs)
+
+        return evaluate_columns(self.times, raw, num, self.newest, spec, aggregate)
 
 
 def _first(pair: tuple[tuple[float, str], Event]) -> tuple[float, str]:

@@ -1,9 +1,12 @@
 """The feature definitions, evaluated: one batch function for every engine.
 
-:func:`compute_features` is the single definition of the online features. The streaming
-engine calls :func:`evaluate` (the same code, on its already-canonical window buffer);
-training backfills and tests call :func:`compute_features` on raw event lists. Because
-both engines share it, there is no online/offline skew.
+:func:`compute_features` is the single definition of the online features; training
+backfills and tests call it on raw event lists. The streaming engine runs the same
+:func:`evaluate_columns` on its already-canonical window buffer: for a window of fewer
+than ``Running.FILL_FROM`` (64) events, on the same slices; for a larger one, a field's
+aggregates come from running sums and counts (:mod:`services.features.running`, so an
+update costs O(1), not O(window)), held equal to the slices' (exact sums, the same
+tie-breaking) by property tests. So there is no online/offline skew.
 
 Window kinds (``window`` = W, ``hop`` = H; all over event time, evaluated at time ``at``):
 
@@ -93,31 +96,41 @@ def numeric_fields(spec: UseCaseSpec) -> frozenset[str]:
     return _compiled(spec).numeric
 
 
-def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], num: Mapping[str, Sequence[float | None]],
-                     at: float, spec: UseCaseSpec) -> dict[str, float | None]:
-    """The features at ``at`` from columns in canonical order (all at or before ``at``):
-    ``raw[field]`` the values, ``num[field]`` the same as :func:`numeric`.
+# (window definition's index in the spec's plan, field, window start index, window start
+# time) -> every aggregation the spec makes of the field over the window.
+Aggregate = Callable[[int, str, int, float], dict[str, float | None]]
 
-    Why columns: this is the streaming engine's hot path. Each distinct window is found
-    once by bisection, and each field is aggregated once per window start (every
-    aggregation the spec makes of it at once: the numbers are filtered and summed once),
-    shared by the features over it; in the fraud spec the 5 m, 1 h and 24 h windows often
-    start at the same event. Per feature, only a lookup is left (the plan is per spec).
+
+def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], num: Mapping[str, Sequence[float | None]],
+                     at: float, spec: UseCaseSpec, aggregate: Aggregate | None = None) -> dict[str, float | None]:
+    """The features at ``at`` from columns in canonical order (all at or before ``at``):
+    ``raw[field]`` the values, ``num[field]`` the same as :func:`numeric`. A field's
+    aggregates over a window come from ``aggregate`` if given (the streaming engine keeps
+    large windows' running: :mod:`services.features.running`, equal by test), else from
+    the slice (:func:`field_aggregates`).
+
+    Each distinct window is found once by bisection, and each field is aggregated once per
+    window start, shared by the features over it: in the fraud spec the 5 m, 1 h and 24 h
+    windows often start at the same event. Per feature, only a lookup is left.
     """
     out: dict[str, float | None] = {}
     n = len(times)
     memo: dict[tuple[str, int], dict[str, float | None]] = {}  # (field, window start) -> agg -> value
     plan = _compiled(spec)
-    for sliding, length, hop, outputs in plan.groups:
+    for group, (sliding, length, hop, outputs) in enumerate(plan.groups):
         if sliding:  # (at - W, at]; hopping and tumbling: [start, at] (module doc)
-            lo = bisect_right(times, at - length)
+            start = at - length
+            lo = bisect_right(times, start)
         else:
-            lo = bisect_left(times, (math.floor(at / hop) + 1) * hop - length)
+            start = (math.floor(at / hop) + 1) * hop - length
+            lo = bisect_left(times, start)
         for name, agg, fld, default in outputs:
             if fld is not None:
                 values = memo.get((fld, lo))
                 if values is None:
-                    values = memo[(fld, lo)] = _field_aggregates(raw[fld], num.get(fld), lo, plan.aggs[fld])
+                    values = memo[(fld, lo)] = (
+                        field_aggregates(raw[fld], num.get(fld), lo, plan.aggs[fld]) if aggregate is None
+                        else aggregate(group, fld, lo, start))
                 value = values[agg]
             elif agg == "count":
                 value = float(n - lo) or None
@@ -127,7 +140,15 @@ def evaluate_columns(times: Sequence[float], raw: Mapping[str, Sequence[Any]], n
     return out
 
 
-class _FieldAggs(NamedTuple):
+def window_plans(spec: UseCaseSpec) -> list[tuple[bool, dict[str, FieldAggs]]]:
+    """Per window definition (in :func:`evaluate_columns`' order): whether its start is
+    inclusive (hopping, tumbling), and what the spec aggregates of each field it reads."""
+    plan = _compiled(spec)
+    return [(not sliding, {fld: plan.aggs[fld] for _, _, fld, _ in outputs if fld is not None})
+            for sliding, _, _, outputs in plan.groups]
+
+
+class FieldAggs(NamedTuple):
     """What a spec aggregates of one field, resolved once per spec."""
 
     numeric: tuple[str, ...]  # the numeric aggregations (all None when no value is usable)
@@ -137,8 +158,8 @@ class _FieldAggs(NamedTuple):
     distinct: bool
 
 
-def _field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, lo: int,
-                      aggs: _FieldAggs) -> dict[str, float | None]:
+def field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, lo: int,
+                      aggs: FieldAggs) -> dict[str, float | None]:
     """Every aggregation in ``aggs`` of one field over the window starting at index ``lo``."""
     values: dict[str, float | None] = {}
     if ncol is not None and aggs.numeric:
@@ -151,7 +172,7 @@ def _field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, l
                 total = exact_sum(nums)
                 values["sum"], values["mean"] = total, None if total is None else total / len(nums)
             for agg in aggs.single_pass:
-                values[agg] = _NUMERIC[agg](nums)  # type: ignore[arg-type]
+                values[agg] = NUMERIC_AGGREGATIONS[agg](nums)  # type: ignore[arg-type]
     if aggs.count:
         values["count"] = float(sum(1 for v in col[lo:] if v is not None)) or None
     if aggs.distinct:
@@ -171,7 +192,7 @@ class _Plan:
 
     spec: UseCaseSpec
     groups: list[_Group]  # by window definition: one bisection per group
-    aggs: dict[str, _FieldAggs]  # field -> what the spec aggregates of it (time_since_last reads none)
+    aggs: dict[str, FieldAggs]  # field -> what the spec aggregates of it (time_since_last reads none)
     raw: frozenset[str]  # the event fields the features read
     numeric: frozenset[str]  # ... and those read as numbers
 
@@ -192,13 +213,13 @@ def _compiled(spec: UseCaseSpec) -> _Plan:
             aggs.setdefault(fld, set()).add(feat.agg)
         key = (feat.kind, float(feat.window), 0.0 if feat.kind == "sliding" else hop)
         groups.setdefault(key, []).append((feat.name, feat.agg, fld, feat.default))
-    by_field = {f: _FieldAggs(tuple(sorted(a & _NUMERIC.keys())), bool(a & {"sum", "mean"}),
+    by_field = {f: FieldAggs(tuple(sorted(a & NUMERIC_AGGREGATIONS.keys())), bool(a & {"sum", "mean"}),
                               tuple(sorted(a & _SINGLE_PASS)), "count" in a, "distinct_count" in a)
                 for f, a in aggs.items()}
     plan = _PLANS[id(spec)] = _Plan(
         spec, [(kind == "sliding", length, hop, tuple(outs)) for (kind, length, hop), outs in groups.items()],
         by_field, frozenset(f.field for f in spec.features if f.field),
-        frozenset(f.field for f in spec.features if f.field and f.agg in _NUMERIC))
+        frozenset(f.field for f in spec.features if f.field and f.agg in NUMERIC_AGGREGATIONS))
     return plan
 
 
@@ -229,7 +250,7 @@ def _std_of(nums: list[float]) -> float | None:
 
 
 # Aggregations of a field's numeric values in the window (None: no value).
-_NUMERIC: dict[str, Callable[[list[float]], float | None]] = {
+NUMERIC_AGGREGATIONS: dict[str, Callable[[list[float]], float | None]] = {
     "sum": lambda nums: exact_sum(nums) if nums else None,
     "mean": lambda nums: _mean_of(nums) if nums else None,
     "std": lambda nums: _std_of(nums) if nums else None,
@@ -237,4 +258,4 @@ _NUMERIC: dict[str, Callable[[list[float]], float | None]] = {
     "max": lambda nums: max(nums) if nums else None,
     "last": lambda nums: nums[-1] if nums else None,
 }
-_SINGLE_PASS = frozenset(_NUMERIC) - {"sum", "mean"}
+_SINGLE_PASS = frozenset(NUMERIC_AGGREGATIONS) - {"sum", "mean"}
