@@ -3,7 +3,9 @@ pass over the window.
 
 Why: an entity's features are evaluated at its newest event, over every window the spec
 defines. Aggregating each window anew costs O(window) per entity and batch, and a hot
-entity under a 24 h window holds tens of thousands of events. :class:`Running` keeps, per
+entity under a 24 h window holds tens of thousands of events (measured, one entity, a
+window grown to 20k events: 889 us per event with slices, 20 us kept running). Windows
+of fewer than ``Running.FILL_FROM`` events keep using slices (cheaper there). :class:`Running` keeps, per
 window definition, the aggregates of the events inside it: an event entering (an insert,
 in order or late) or leaving (the window start moving past it) updates them in O(1);
 they equal what :func:`services.features.windows.field_aggregates` gives on the slice:
@@ -12,9 +14,10 @@ they equal what :func:`services.features.windows.field_aggregates` gives on the 
   float is an integer multiple of a power of two), rounded once by ``int / int``, which
   rounds correctly, as ``math.fsum`` does (to nearest, ties to even);
 * ``count`` (of a field), numbers: counters; ``distinct_count``: a counter per value;
-* ``min``/``max``: the best number so far; when one equal to it leaves, or an equal one
-  arrives (``max()`` keeps the first of equal numbers, e.g. of 0.0 and -0.0), it is
-  recomputed from the slice on the next read;
+* ``min``/``max``: the best number so far; when one equal to it leaves, or an equal zero
+  arrives (``max()`` keeps the first of equal numbers: of 0.0 and -0.0, whichever comes
+  first; equal non-zero floats are the same number), it is recomputed from the slice on
+  the next read;
 * ``last`` scans back from the newest event; ``std`` (two passes) is computed on the
   slice, as the batch engine does.
 """
