@@ -38,7 +38,7 @@ Numbers = Mapping[str, Sequence[float | None]]  # field -> numeric(value), for n
 class _Field:
     """One field's aggregates over one window."""
 
-    __slots__ = ("aggs", "shift", "total", "numbers", "present", "values", "best", "stale")
+    __slots__ = ("aggs", "shift", "total", "numbers", "present", "counts", "best", "stale")
 
     def __init__(self, aggs: FieldAggs) -> None:
         self.aggs = aggs
@@ -46,7 +46,7 @@ class _Field:
         self.total = 0
         self.numbers = 0
         self.present = 0
-        self.values: dict[Any, int] = {}  # value -> how many times it is in the window
+        self.counts: dict[Any, int] = {}  # value -> how many times it is in the window
         self.best: dict[str, float | None] = {a: None for a in ("max", "min") if a in aggs.single_pass}
         self.stale = True  # best must be recomputed from the slice
 
@@ -55,11 +55,11 @@ class _Field:
         if value is not None:
             self.present += sign
             if self.aggs.distinct:
-                left = self.values.get(value, 0) + sign
+                left = self.counts.get(value, 0) + sign
                 if left:
-                    self.values[value] = left
+                    self.counts[value] = left
                 else:
-                    del self.values[value]
+                    del self.counts[value]
         if x is None:
             return
         self.numbers += sign
@@ -84,7 +84,7 @@ class _Field:
         if self.aggs.distinct:
             counts = Counter(values)
             counts.pop(None, None)
-            self.values = dict(counts)
+            self.counts = dict(counts)
         if ncol is None:
             return
         nums = [x for x in ncol[lo:] if x is not None]
@@ -118,7 +118,7 @@ class _Field:
         if aggs.count:
             values["count"] = float(self.present) or None
         if aggs.distinct:
-            values["distinct_count"] = float(len(self.values)) or None
+            values["distinct_count"] = float(len(self.counts)) or None
         return values
 
     def _sum(self) -> float | None:

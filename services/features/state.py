@@ -95,8 +95,7 @@ class Window:
             for name, ncol in self.num.items():
                 ncol.append(numeric(event.get(name)))
         for running in self.running:
-            if running.filled:
-                running.inserted(pos, key[0], self.raw, self.num)
+            running.inserted(pos, key[0], self.raw, self.num)
         self.ids.add(key[1])
         return True
 
@@ -107,8 +106,7 @@ class Window:
             return []
         gone = [k[1] for k in self.keys[:n]]
         for running in self.running:
-            if running.filled:
-                running.pruning(n, self.times[n - 1], self.raw, self.num)
+            running.pruning(n, self.times[n - 1], self.raw, self.num)
         del self.keys[:n], self.events[:n], self.times[:n]
         for col in (*self.raw.values(), *self.num.values()):
             del col[:n]
