@@ -103,7 +103,7 @@ class _Field:
             self.shift = need
         return numerator << (self.shift - need)
 
-    def aggregates(self, raw: Sequence[Any], num: Sequence[float | None] | None, lo: int) -> dict[str, float | None]:
+    def aggregates(self, num: Sequence[float | None] | None, lo: int) -> dict[str, float | None]:
         """What :func:`services.features.windows.field_aggregates` gives for ``[lo:]``."""
         aggs, values = self.aggs, {}
         if num is not None and aggs.numeric:
@@ -198,5 +198,5 @@ class Running:
                 f.enter(col[i], ncol[i] if ncol is not None else None, -1)
         self.lo, self.start, self.filled = lo, start, True
 
-    def aggregates(self, name: str, raw: Columns, num: Numbers) -> dict[str, float | None]:
-        return self.fields[name].aggregates(raw[name], num.get(name), self.lo)
+    def aggregates(self, name: str, num: Numbers) -> dict[str, float | None]:
+        return self.fields[name].aggregates(num.get(name), self.lo)

@@ -114,8 +114,9 @@ class Window:
         return gone
 
     def features(self, spec: UseCaseSpec) -> dict[str, float | None]:
-        """Every feature at the newest event time (the batch definition, no re-sort), from
-        running aggregates: no pass over the window (see :mod:`services.features.running`)."""
+        """Every feature at the newest event time (the batch definition, no re-sort): a
+        window of ``Running.FILL_FROM`` events or more from its running aggregates, without a
+        pass over it (see :mod:`services.features.running`); a smaller one from its slices."""
         for name in raw_fields(spec) - self.raw.keys():
             self.raw[name] = [e.get(name) for e in self.events]
         for name in numeric_fields(spec) - self.num.keys():
@@ -139,7 +140,7 @@ class Window:
                 if use:
                     window.advance(lo, start, raw, num)
             if use:
-                return window.aggregates(name, raw, num)
+                return window.aggregates(name, num)
             return field_aggregates(raw[name], num.get(name), lo, window.fields[name].aggs)
 
         return evaluate_columns(self.times, raw, num, self.newest, spec, aggregate)

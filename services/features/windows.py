@@ -159,7 +159,7 @@ class FieldAggs(NamedTuple):
 
 
 def field_aggregates(col: Sequence[Any], ncol: Sequence[float | None] | None, lo: int,
-                      aggs: FieldAggs) -> dict[str, float | None]:
+                     aggs: FieldAggs) -> dict[str, float | None]:
     """Every aggregation in ``aggs`` of one field over the window starting at index ``lo``."""
     values: dict[str, float | None] = {}
     if ncol is not None and aggs.numeric:
@@ -214,7 +214,7 @@ def _compiled(spec: UseCaseSpec) -> _Plan:
         key = (feat.kind, float(feat.window), 0.0 if feat.kind == "sliding" else hop)
         groups.setdefault(key, []).append((feat.name, feat.agg, fld, feat.default))
     by_field = {f: FieldAggs(tuple(sorted(a & NUMERIC_AGGREGATIONS.keys())), bool(a & {"sum", "mean"}),
-                              tuple(sorted(a & _SINGLE_PASS)), "count" in a, "distinct_count" in a)
+                             tuple(sorted(a & _SINGLE_PASS)), "count" in a, "distinct_count" in a)
                 for f, a in aggs.items()}
     plan = _PLANS[id(spec)] = _Plan(
         spec, [(kind == "sliding", length, hop, tuple(outs)) for (kind, length, hop), outs in groups.items()],
